@@ -1,0 +1,64 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "cxl-bmc",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cxl-bmc", targets: ["cxl-bmc"]),
+        .executable(name: "mc-load", targets: ["mc-load"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The ABI shared with the BPF programs: bpf/include is both the BPF
+        // include directory and this C module, so every struct is defined once.
+        .target(name: "CXLBMCABI", path: "bpf/include", sources: ["abi_check.c"], publicHeadersPath: "."),
+
+        // System libraries from Debian (libbpf-dev, libxdp-dev).
+        .systemLibrary(name: "CLibBPF", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        .systemLibrary(name: "CLibXDP", pkgConfig: "libxdp", providers: [.apt(["libxdp-dev"])]),
+        // Small C shim over libbpf's macros (LIBBPF_OPTS) and variadic calls.
+        .target(name: "CLoaderShim", dependencies: ["CLibBPF", "CLibXDP"]),
+
+        // Compiles bpf/**/*.bpf.c with the toolchain's clang during `swift build`
+        // and embeds the objects in the binary.
+        .executableTarget(name: "bpf-embed", path: "Plugins/bpf-embed"),
+        .plugin(name: "BPFCompiler", capability: .buildTool(), dependencies: ["bpf-embed"]),
+        .target(name: "BPFObjects", plugins: ["BPFCompiler"]),
+
+        // libbpf/libxdp wrapper: objects, maps, pins, XDP/TC attach, test runs.
+        .target(
+            name: "Loader",
+            dependencies: [
+                "CLibBPF", "CLibXDP", "CLoaderShim", "CXLBMCABI", "BPFObjects",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .executableTarget(
+            name: "cxl-bmc",
+            dependencies: [
+                "Loader", "CXLBMCABI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // memcached client for tests, the stale-read checker and benchmarks.
+        .target(name: "MemcacheClient"),
+        .executableTarget(
+            name: "mc-load",
+            dependencies: [
+                "MemcacheClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "LoaderTests", dependencies: ["Loader", "CXLBMCABI", "BPFObjects"]),
+        .testTarget(name: "L1FixtureTests", dependencies: ["Loader", "CXLBMCABI", "MemcacheClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
+    ]
+)
