@@ -119,13 +119,26 @@ static __always_inline void raise_u64(__u64 *word, __u64 v)
 	}
 }
 
-/* Refuses every fill for a while: the safe answer to a write whose key we
- * cannot know (retransmission, lost stream position, base64 key, ...). */
+/* Refuses every fill for a while: the safe answer when a write may be in
+ * flight that we cannot attribute to a key (e.g. a retransmission). */
 static __always_inline void block_all_fills(__u64 now, __u64 for_ns)
 {
 	struct l1_state *st = get_state();
 	if (st)
 		raise_u64(&st->blocked_until_ns, now + for_ns);
+	stat_inc(L1_STAT_GLOBAL_BLOCK);
+}
+
+/* A write may have happened to any key (lost stream position, base64 key,
+ * an IP fragment we cannot read): drop every entry (epoch bump, as for
+ * flush_all) and refuse fills while it may still be in flight. */
+static __always_inline void invalidate_all(__u64 now, __u64 for_ns)
+{
+	struct l1_state *st = get_state();
+	if (st) {
+		__sync_fetch_and_add(&st->epoch, 1);
+		raise_u64(&st->blocked_until_ns, now + for_ns);
+	}
 	stat_inc(L1_STAT_GLOBAL_BLOCK);
 }
 

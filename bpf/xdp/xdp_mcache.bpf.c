@@ -41,7 +41,7 @@ static long apply_op_cb(__u32 i, struct apply_ctx *c)
 		return 0;
 	}
 	if (op->kind == MC_OP_BLOCK) {
-		block_all_fills(c->now, cfg->inflight_max_ns > cfg->noreply_hold_ns ? cfg->inflight_max_ns : cfg->noreply_hold_ns);
+		invalidate_all(c->now, cfg->inflight_max_ns > cfg->noreply_hold_ns ? cfg->inflight_max_ns : cfg->noreply_hold_ns);
 		return 0;
 	}
 	__u64 hash = op->hash;
@@ -71,7 +71,7 @@ static __always_inline void apply_ops(struct mcache_scratch *s, struct l1_config
 	bpf_loop(MC_MAX_OPS, apply_op_cb, &c, 0);
 	if (s->flags & L1_CONN_OVERFLOW) {
 		/* Writes beyond what one segment records: their keys are unknown. */
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		s->flags &= ~L1_CONN_OVERFLOW;
 	}
 }
@@ -150,9 +150,9 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 		fresh->rcv_nxt = pi->seq + 1;
 		fresh->flags = L1_CONN_FRESH;
 		if (bpf_map_update_elem(&mcache_conns, &key, fresh, BPF_ANY) != 0)
-			block_all_fills(now, cfg->inflight_max_ns);
+			invalidate_all(now, cfg->inflight_max_ns);
 		if (pi->payload_len)
-			block_all_fills(now, cfg->inflight_max_ns); /* data on SYN: not followed */
+			invalidate_all(now, cfg->inflight_max_ns); /* data on SYN: not followed */
 		return XDP_PASS;
 	}
 	if (pi->tcp_flags & TCPF_RST) {
@@ -173,19 +173,19 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 		lost->flags = L1_CONN_DESYNC;
 		bpf_map_update_elem(&mcache_conns, &key, lost, BPF_NOEXIST);
 		stat_inc(L1_STAT_DESYNC);
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 	conn->last_ns = now;
 	if (conn->flags & L1_CONN_DESYNC) {
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 	if (__sync_lock_test_and_set(&conn->busy, 1)) {
 		/* Two CPUs on one stream at once: give up following it. */
 		conn->flags |= L1_CONN_DESYNC;
 		stat_inc(L1_STAT_DESYNC);
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 
@@ -200,7 +200,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 		} else {
 			conn->flags |= L1_CONN_DESYNC;
 			stat_inc(L1_STAT_DESYNC);
-			block_all_fills(now, cfg->inflight_max_ns);
+			invalidate_all(now, cfg->inflight_max_ns);
 		}
 		conn->busy = 0;
 		return XDP_PASS;
@@ -211,7 +211,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 	if (plen > L1_PARTIAL_MAX || len > PAYLOAD_MAX) {
 		conn->flags |= L1_CONN_DESYNC;
 		stat_inc(L1_STAT_DESYNC);
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		conn->busy = 0;
 		return XDP_PASS;
 	}
@@ -219,7 +219,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 		bpf_probe_read_kernel(s->in, plen, conn->partial);
 	if (bpf_xdp_load_bytes(ctx, pi->payload_off, &s->in[BOUND(plen, 511)], len) != 0) {
 		conn->flags |= L1_CONN_DESYNC;
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		conn->busy = 0;
 		return XDP_PASS;
 	}
@@ -234,7 +234,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 	if (r == MC_DESYNC) {
 		conn->flags |= L1_CONN_DESYNC;
 		stat_inc(L1_STAT_DESYNC);
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 	} else {
 		__u32 tail = s->pos < s->in_len ? s->in_len - s->pos : 0;
 		if (tail > L1_PARTIAL_MAX)
@@ -270,7 +270,7 @@ static __always_inline int handle_udp_writes(struct mcache_scratch *s, struct pk
 	int r = mc_parse_stream(s);
 	apply_ops(s, cfg, now);
 	if (r == MC_DESYNC)
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 	if (s->npend) {
 		struct l1_conn_key key = {};
 		conn_key_from(&key, pi, L1_PROTO_UDP);
@@ -280,7 +280,7 @@ static __always_inline int handle_udp_writes(struct mcache_scratch *s, struct pk
 			conn = bpf_map_lookup_elem(&mcache_conns, &key);
 		}
 		if (!conn) {
-			block_all_fills(now, cfg->inflight_max_ns);
+			invalidate_all(now, cfg->inflight_max_ns);
 			return XDP_PASS;
 		}
 		conn->last_ns = now;
@@ -619,7 +619,7 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	if (pr == PKT_OPAQUE) {
 		/* Might be a write we cannot read: no fill is safe for a while. */
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 	if (pr != PKT_OK) {
@@ -642,12 +642,12 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	}
 	if (plen > PAYLOAD_MAX) {
 		/* A datagram too large to read here may hold any write. */
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_TOO_BIG);
 		return XDP_PASS;
 	}
 	if (bpf_xdp_load_bytes(ctx, pi.payload_off, s->in, plen) != 0) {
-		block_all_fills(now, cfg->inflight_max_ns);
+		invalidate_all(now, cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_MALFORMED);
 		return XDP_PASS;
 	}
