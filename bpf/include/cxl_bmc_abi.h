@@ -209,7 +209,6 @@ struct l1_stats {
 #define L1_MAP_TICKETS "mcache_tickets"
 #define L1_MAP_TTL "mcache_ttl"
 #define L1_MAP_CONNS "mcache_conns"
-#define L1_MAP_SCRATCH "mcache_scratch"
 #define L1_PROG_XDP "xdp_mcache_get"
 #define L1_PROG_TC "tc_mcache_fill"
 

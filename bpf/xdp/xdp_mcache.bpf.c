@@ -463,7 +463,7 @@ static __always_inline __u64 payload_sum(struct mcache_scratch *s, __u32 len)
 		__u32 n = padded - off;
 		if (n > 512)
 			n = 512;
-		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&s->out[BOUND(off, 1023)], BOUND(n, 1023), 0);
+		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&s->out[BOUND(off, 2047)], BOUND(n, 1023), 0);
 		if (r >= 0)
 			sum += (__u32)r;
 	}
