@@ -1,0 +1,4 @@
+/* libbpf (Debian: libbpf-dev). */
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <linux/if_link.h>

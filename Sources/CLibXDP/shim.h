@@ -1,0 +1,3 @@
+/* libxdp (Debian: libxdp-dev). */
+#include <bpf/libbpf.h>
+#include <xdp/libxdp.h>

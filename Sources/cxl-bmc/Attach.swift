@@ -1,0 +1,201 @@
+import ArgumentParser
+import Dispatch
+import Loader
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach L1 to an interface and run in the foreground until SIGINT/SIGTERM.",
+        discussion: """
+            Loads the ingress (XDP) and egress (TC) programs, pins their shared maps and \
+            the egress program under PIN-ROOT/IFACE/, attaches the ingress program, and \
+            prints the two tc commands that attach the egress program (unless \
+            --tc-attach does it). It then stays in the foreground: every second it \
+            refreshes the wall-clock offset L1 uses for absolute expiry times and drops \
+            connection-tracking entries idle for over \(Int(Daemon.connectionIdleSeconds)) s.
+
+            On SIGINT or SIGTERM it detaches the ingress program and the filter it \
+            attached itself, and, unless --keep-pins, every egress filter running \
+            cxl-bmc's program on IFACE (hand-added ones too) and the pins.
+
+            A restart reuses the pinned maps, so the cache survives it, and re-pins \
+            tc_egress. A filter added with `tc filter ... object-pinned` holds the program \
+            that was pinned when it was added: it keeps running that program, which uses \
+            the same pinned maps, so it keeps filling the shared cache (as long as the \
+            pins are kept); run the tc filter command again, or use --tc-attach, to switch \
+            it to the newly loaded program. Maps pinned with another --l1-entries are \
+            refused: run `cxl-bmc detach IFACE` first.
+
+            If `cxl-bmc detach IFACE` is run meanwhile, this process notices and exits.
+            """
+    )
+
+    @Argument(help: "The interface memcached's clients reach it through, e.g. eth0.")
+    var interface: String
+
+    @Option(help: "memcached's UDP port.")
+    var port: UInt16 = 11211
+
+    @Flag(help: "Attach the egress program to IFACE's clsact egress hook (creating the qdisc if needed).")
+    var tcAttach = false
+
+    @Option(name: .customLong("l1-entries"), help: "Items L1 holds, rounded up to a power-of-two number of 8-way sets.")
+    var l1Entries = 32768
+
+    @Option(
+        name: .customLong("unknown-ttl"),
+        help: ArgumentHelp(
+            "Cache keys whose TTL L1 did not see written for at most this long (0: do not cache them).",
+            valueName: "SEC"))
+    var unknownTTL: Double = 0
+
+    @Option(help: "XDP mode: native, skb (generic), or auto (native, falling back to skb).")
+    var xdpMode: XDPModeArgument = .auto
+
+    @Flag(help: "On exit, keep the pins (and hand-added egress filters): a restart reuses the cache.")
+    var keepPins = false
+
+    @OptionGroup var pins: PinOptions
+
+    func validate() throws {
+        let maxEntries = Int(L1Geometry.maxSets) * 8
+        guard l1Entries > 0, l1Entries <= maxEntries else {
+            throw ValidationError("--l1-entries must be between 1 and \(maxEntries)")
+        }
+        guard port > 0 else { throw ValidationError("--port must be between 1 and 65535") }
+        guard unknownTTL >= 0, unknownTTL <= 315_360_000 else {
+            throw ValidationError("--unknown-ttl must be between 0 and 315360000 seconds (10 years)")
+        }
+    }
+
+    func run() throws {
+        try CLI.run {
+            // Take SIGINT/SIGTERM over before attaching, so a signal during the
+            // attach detaches cleanly instead of killing us half-way.
+            let daemon = Daemon(keepPins: keepPins)
+            let geometry = L1Geometry.forEntries(l1Entries)
+            let cache = try L1Cache.attach(
+                interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
+                tcAttach: tcAttach, xdpMode: xdpMode.request,
+                unknownTTL: .nanoseconds(Int64(unknownTTL * 1e9)))
+            report(cache)
+            try daemon.run(cache)
+        }
+    }
+
+    private func report(_ cache: L1Cache) {
+        let how = cache.xdp.usesDispatcher ? " behind libxdp's dispatcher" : ""
+        print("attached L1 to \(cache.interface): XDP program \(L1Names.xdpProgram) (id \(cache.xdp.programID)) in \(cache.xdp.mode) mode\(how)")
+        let reused = cache.reusedPins ? " (reused from an earlier run)" : ""
+        print("L1: \(cache.geometry), memcached UDP port \(port), pins in \(cache.pinDirectory)\(reused)")
+        print("egress program \(L1Names.tcProgram) pinned at \(cache.tcPinPath)")
+        if let tc = cache.tc {
+            let created = tc.createdQdisc ? ", clsact qdisc created" : ""
+            print("attached it to \(interface) egress (handle \(tc.handle), priority \(tc.priority)\(created))")
+        } else {
+            for filter in cache.earlierTCFilters {
+                print("""
+                    an egress filter added earlier runs cxl-bmc's previous program (id \(filter.programID)) on the same \
+                    pinned maps; to switch it to this one: tc filter replace dev \(interface) egress pref \(filter.priority) \
+                    handle 0x\(String(filter.handle, radix: 16)) bpf da object-pinned \(cache.tcPinPath)
+                    """)
+            }
+            print("attach it with:")
+            print("tc qdisc add dev \(interface) clsact")
+            print("tc filter add dev \(interface) egress bpf da object-pinned \(cache.tcPinPath)")
+        }
+        fflush(nil)
+    }
+}
+
+/// The foreground loop of `attach`. Signals and the timer are handled on one
+/// serial queue; the main thread only waits. `cache` and the flags are
+/// touched on that queue alone, hence `@unchecked Sendable`.
+final class Daemon: @unchecked Sendable {
+    static let connectionIdleSeconds: Double = 10
+
+    private let keepPins: Bool
+    private let queue = DispatchQueue(label: "cxl-bmc.daemon")
+    private let finished = DispatchSemaphore(value: 0)
+    private var signalSources: [DispatchSourceSignal] = []
+    private var cache: L1Cache?
+    private var pendingSignal: Int32?
+    private var result: Error?
+    private var stopped = false
+    private let logger = Logger(label: "cxl-bmc")
+
+    /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
+    init(keepPins: Bool) {
+        self.keepPins = keepPins
+        // A closed stdout (`| head`) must not kill us before we detach.
+        signal(SIGPIPE, SIG_IGN)
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
+            source.setEventHandler { [self] in stop(signal: signalNumber) }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    /// Blocks until SIGINT/SIGTERM (then detaches `cache`) or until L1 is
+    /// detached from outside; rethrows a detach failure.
+    func run(_ cache: L1Cache) throws {
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        queue.sync {
+            self.cache = cache
+            if let signalNumber = pendingSignal {
+                stop(signal: signalNumber)
+            }
+        }
+        timer.schedule(deadline: .now() + 1, repeating: 1)
+        timer.setEventHandler { [self] in tick() }
+        timer.resume()
+
+        finished.wait()
+        timer.cancel()
+        signalSources.forEach { $0.cancel() }
+        if let result { throw result }
+    }
+
+    private func tick() {
+        guard !stopped, let cache else { return }
+        guard cache.isAttached() else {
+            logger.notice("L1 was detached from \(cache.interface.name) by someone else; exiting without touching it")
+            finish()
+            return
+        }
+        do {
+            try cache.refreshClock()
+            try cache.sweepConnections(idleFor: .seconds(Self.connectionIdleSeconds))
+        } catch {
+            logger.warning("periodic maintenance failed: \(error)")
+        }
+    }
+
+    private func stop(signal signalNumber: Int32) {
+        guard !stopped else { return }
+        guard let cache else {
+            logger.info("signal \(signalNumber): will detach as soon as the attach finishes")
+            pendingSignal = signalNumber
+            return
+        }
+        logger.info("signal \(signalNumber): detaching from \(cache.interface.name)\(keepPins ? ", keeping the pins" : "")")
+        do {
+            try cache.detach(keepPins: keepPins)
+            print("detached L1 from \(cache.interface.name)\(keepPins ? " (pins kept in \(cache.pinDirectory))" : "")")
+        } catch {
+            result = error
+        }
+        finish()
+    }
+
+    private func finish() {
+        stopped = true
+        finished.signal()
+    }
+}
