@@ -485,11 +485,22 @@ static __always_inline int send_reply(struct xdp_md *ctx, struct mcache_scratch 
 {
 	__u32 old_len = bpf_xdp_get_buff_len(ctx);
 	__u32 new_len = pi->payload_off + rlen;
-	if (rlen < MC_UDP_HDR_LEN + 5 || rlen > MC_UDP_MAX_PAYLOAD || pi->payload_off > 64)
+	if (rlen < MC_UDP_HDR_LEN + 5 || rlen > MC_UDP_MAX_PAYLOAD)
 		return -1;
-	if (bpf_xdp_adjust_tail(ctx, (int)new_len - (int)old_len) != 0)
-		return -1; /* no tailroom: nothing was changed, pass */
-	if (bpf_xdp_store_bytes(ctx, pi->payload_off, s->out, rlen) != 0)
+	int grow = (int)new_len - (int)old_len;
+	__u32 hdr_len = pi->payload_off;
+	if (hdr_len < 42 || hdr_len > 70)
+		return -1;
+	if (bpf_xdp_adjust_tail(ctx, grow) != 0) {
+		/* Not enough tailroom (veth copies small frames into tight
+		 * buffers): grow at the head instead, where XDP always has
+		 * headroom, and lay the headers down again from our copy. */
+		if (grow <= 0 || bpf_xdp_adjust_head(ctx, -grow) != 0)
+			return -1; /* nothing was changed: pass */
+		if (bpf_xdp_store_bytes(ctx, 0, s->hdr, hdr_len) != 0)
+			return -2;
+	}
+	if (bpf_xdp_store_bytes(ctx, hdr_len, s->out, rlen) != 0)
 		return -2; /* cannot happen after a successful resize */
 
 	void *data = (void *)(long)ctx->data;
