@@ -58,7 +58,17 @@ let package = Package(
         ),
 
         .testTarget(name: "LoaderTests", dependencies: ["Loader", "CXLBMCABI", "BPFObjects"]),
-        .testTarget(name: "L1FixtureTests", dependencies: ["Loader", "CXLBMCABI", "MemcacheClient"]),
+        // Packet builder and an unattached L1 for fixtures and benchmarks.
+        .target(name: "L1TestSupport", dependencies: ["Loader", "CXLBMCABI"]),
+        .executableTarget(
+            name: "cxl-bmc-bench",
+            dependencies: [
+                "L1TestSupport", "Loader", "CXLBMCABI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
     ]
 )

@@ -222,16 +222,8 @@ public final class L1Cache {
     /// Writes `struct l1_config`: port, enabled, set mask, hold times, clock offset.
     /// A restart overwrites the whole config (the port may have changed).
     private static func configure(_ configMap: BPFMap, port: UInt16, geometry: L1Geometry, unknownTTL: Duration) throws {
-        var config = l1_config()
-        config.port = port.bigEndian
-        config.flags = UInt32(L1_CFG_ENABLED)
-        config.set_mask = geometry.sets - 1
-        config.unknown_ttl_ns = UInt64(unknownTTL.nanoseconds)
-        config.hold_ns = Self.holdNs
-        config.noreply_hold_ns = Self.noreplyHoldNs
-        config.inflight_max_ns = Self.inflightMaxNs
-        config.realtime_offset_ns = Self.realtimeOffsetNs()
-        try configMap.update(UInt32(0), config)
+        let settings = L1Settings(port: port, unknownTTLNs: UInt64(unknownTTL.nanoseconds))
+        try configMap.update(UInt32(0), settings.config(for: geometry))
     }
 
     /// A map of L1 (through the XDP object; both objects share them).

@@ -1,5 +1,6 @@
 import CXLBMCABI
 import Foundation
+import L1TestSupport
 import Loader
 import Testing
 

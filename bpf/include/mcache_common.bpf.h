@@ -84,6 +84,13 @@ struct mcache_scratch {
 		__b;                                               \
 	})
 
+#ifndef READ_ONCE
+#define READ_ONCE(x) (*(const volatile typeof(x) *)&(x))
+#endif
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 #define IN(s, i) ((s)->in[BOUND((i), SCRATCH_MASK)])
 #define OUT(s, i) ((s)->out[BOUND((i), SCRATCH_MASK)])
 

@@ -73,26 +73,55 @@ struct scan_ctx {
 	__u32 found;
 };
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+/* High bit set in each byte of v that is zero: exact for the lowest zero
+ * byte (a borrow may flag bytes above it, which we never look at). */
+#define ZERO_BYTES(v) (((v) - ONES) & ~(v) & HIGHS)
+/* High bit set in each byte of v that is not zero: exact (no carry crosses bytes). */
+#define NONZERO_BYTES(v) (((((v) & ~HIGHS) + ~HIGHS) | (v)) & HIGHS)
+
+/* Index (0..7) of the lowest byte whose high bit is set in a nonzero m. */
+static __always_inline __u32 first_flagged(__u64 m)
+{
+	__u32 i = 0;
+	if (!(m & 0xffffffffULL)) {
+		m >>= 32;
+		i += 4;
+	}
+	if (!(m & 0xffffULL)) {
+		m >>= 16;
+		i += 2;
+	}
+	if (!(m & 0xffULL))
+		i += 1;
+	return i;
+}
+
+/* Eight bytes per iteration (little-endian loads; the BPF target is the
+ * host's byte order). */
 static long scan_cb(__u32 i, struct scan_ctx *c)
 {
-	__u32 p = c->from + i;
+	__u32 p = c->from + i * 8;
 	if (p >= c->to)
 		return 1;
-	__u8 b = IN(c->s, p);
-	int hit;
+	/* `in` is followed by `out` in the scratch value: reading up to 7
+	 * bytes past in[SCRATCH_SIZE - 1] stays inside the map value. */
+	__u64 x = *(__u64 *)&c->s->in[BOUND(p, SCRATCH_MASK)];
+	__u64 m;
 	if (c->what == SCAN_NL)
-		hit = b == '\n';
+		m = ZERO_BYTES(x ^ (ONES * '\n'));
 	else if (c->what == SCAN_NONSPACE)
-		hit = b != ' ';
+		m = NONZERO_BYTES(x ^ (ONES * ' '));
 	else if (c->what == SCAN_SPACE)
-		hit = b == ' ';
-	else
-		hit = b == ' ' || b < 0x21 || b == 0x7f;
-	if (hit) {
-		c->found = p;
-		return 1;
-	}
-	return 0;
+		m = ZERO_BYTES(x ^ (ONES * ' '));
+	else /* bytes < 0x21 (all have a clear high bit) or DEL */
+		m = ((x - ONES * 0x21) & ~x & HIGHS) | ZERO_BYTES(x ^ (ONES * 0x7f));
+	if (!m)
+		return 0;
+	__u32 at = p + first_flagged(m);
+	c->found = at < c->to ? at : c->to;
+	return 1;
 }
 
 /* First index in [from, to) matching `what`, or `to`. */
@@ -101,9 +130,9 @@ __noinline int mc_scan(struct mcache_scratch *s, __u32 from, __u32 to, __u32 wha
 	if (!s || from >= to)
 		return to;
 	struct scan_ctx c = { .s = s, .from = from, .to = to, .what = what, .found = to };
-	__u32 n = to - from;
-	if (n > SCRATCH_SIZE)
-		n = SCRATCH_SIZE;
+	__u32 n = (to - from + 7) / 8;
+	if (n > SCRATCH_SIZE / 8)
+		n = SCRATCH_SIZE / 8;
 	bpf_loop(n, scan_cb, &c, 0);
 	return c.found;
 }

@@ -373,26 +373,31 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 		c->miss = 1;
 		return 0;
 	}
+	/* Lockless read, seqcount style: writers change a way only after
+	 * bumping its seq (claim) and bump it again when done (publish or
+	 * invalidate), both under the set lock. A reader that finds the same
+	 * seq, still VALID, after copying the block has a consistent copy. */
 	int way = -1;
-	__u32 seq = 0, blen = 0, hlen = 0, clen = 0, gen;
+	__u32 seq = 0, blen = 0, hlen = 0, clen = 0;
+	__u32 gen = READ_ONCE(set->gen);
 	__u64 now = c->now;
-	bpf_spin_lock(&set->lock);
-	gen = set->gen;
 	for (int w = 0; w < L1_WAYS; w++) {
 		struct l1_way *wy = &set->ways[w];
-		if (wy->state == L1_WAY_VALID && wy->key_hash == h && wy->key_len == klen &&
-		    wy->epoch == c->epoch && (wy->expires_ns == 0 || wy->expires_ns > now) &&
-		    (!s->is_gets || wy->cas_len)) {
+		if (READ_ONCE(wy->key_hash) != h)
+			continue;
+		seq = READ_ONCE(wy->seq);
+		barrier();
+		if (wy->state == L1_WAY_VALID && wy->key_len == klen && wy->epoch == c->epoch &&
+		    (wy->expires_ns == 0 || wy->expires_ns > now) && (!s->is_gets || wy->cas_len)) {
 			way = w;
-			seq = wy->seq;
 			blen = wy->block_len;
 			hlen = wy->hdr_len;
 			clen = wy->cas_len;
-			wy->referenced = 1;
+			if (!wy->referenced)
+				wy->referenced = 1; /* CLOCK: a lost update only costs accuracy */
 			break;
 		}
 	}
-	bpf_spin_unlock(&set->lock);
 	s->ticket.gen[k & (MC_MAX_GET_KEYS - 1)] = gen;
 	if (c->miss)
 		return 0;
@@ -426,10 +431,10 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 		c->miss = 1; /* a 64-bit hash collision: just a miss */
 		return 0;
 	}
-	int ok;
-	bpf_spin_lock(&set->lock);
-	ok = set->ways[way & (L1_WAYS - 1)].seq == seq && set->ways[way & (L1_WAYS - 1)].state == L1_WAY_VALID;
-	bpf_spin_unlock(&set->lock);
+	/* Re-read seq with a fully ordered atomic (BPF has no bare fence): every
+	 * load of the copy is done before it, on any architecture. */
+	struct l1_way *wy = &set->ways[way & (L1_WAYS - 1)];
+	int ok = __sync_fetch_and_add(&wy->seq, 0) == seq && READ_ONCE(wy->state) == L1_WAY_VALID;
 	if (!ok) {
 		c->miss = 1;
 		c->why = L1_STAT_HIT_RACE;

@@ -2,67 +2,69 @@
 /// `Packet().eth().ipv4(src:dst:).udp(sport:dport:).payload(bytes)`.
 /// Lengths and checksums are computed when the frame is built, unless a
 /// fixture overrides them on purpose (to test malformed input).
-struct Packet {
-    enum L3 { case ipv4(src: [UInt8], dst: [UInt8]), ipv6(src: [UInt8], dst: [UInt8]) }
-    enum L4 {
+public struct Packet {
+    public init() {}
+
+    public enum L3 { case ipv4(src: [UInt8], dst: [UInt8]), ipv6(src: [UInt8], dst: [UInt8]) }
+    public enum L4 {
         case udp(sport: UInt16, dport: UInt16)
         case tcp(sport: UInt16, dport: UInt16, seq: UInt32, flags: UInt8)
     }
 
-    var srcMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x02]
-    var dstMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x01]
-    var vlan: UInt16?
-    var l3: L3?
-    var l4: L4?
-    var body: [UInt8] = []
+    public var srcMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x02]
+    public var dstMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x01]
+    public var vlan: UInt16?
+    public var l3: L3?
+    public var l4: L4?
+    public var body: [UInt8] = []
     /// Overrides for malformed fixtures.
-    var udpLengthOverride: UInt16?
-    var ipv4Options: [UInt8] = []
-    var ipv4FragmentOffset: UInt16 = 0
+    public var udpLengthOverride: UInt16?
+    public var ipv4Options: [UInt8] = []
+    public var ipv4FragmentOffset: UInt16 = 0
 
-    func eth(src: [UInt8]? = nil, dst: [UInt8]? = nil, vlan: UInt16? = nil) -> Packet {
+    public func eth(src: [UInt8]? = nil, dst: [UInt8]? = nil, vlan: UInt16? = nil) -> Packet {
         var p = self
         if let src { p.srcMAC = src }
         if let dst { p.dstMAC = dst }
         p.vlan = vlan
         return p
     }
-    func ipv4(src: String, dst: String) -> Packet {
+    public func ipv4(src: String, dst: String) -> Packet {
         var p = self
         p.l3 = .ipv4(src: Packet.v4(src), dst: Packet.v4(dst))
         return p
     }
-    func ipv6(src: String, dst: String) -> Packet {
+    public func ipv6(src: String, dst: String) -> Packet {
         var p = self
         p.l3 = .ipv6(src: Packet.v6(src), dst: Packet.v6(dst))
         return p
     }
-    func udp(sport: UInt16, dport: UInt16) -> Packet {
+    public func udp(sport: UInt16, dport: UInt16) -> Packet {
         var p = self
         p.l4 = .udp(sport: sport, dport: dport)
         return p
     }
-    func tcp(sport: UInt16, dport: UInt16, seq: UInt32, flags: UInt8 = TCPFlags.psh | TCPFlags.ack) -> Packet {
+    public func tcp(sport: UInt16, dport: UInt16, seq: UInt32, flags: UInt8 = TCPFlags.psh | TCPFlags.ack) -> Packet {
         var p = self
         p.l4 = .tcp(sport: sport, dport: dport, seq: seq, flags: flags)
         return p
     }
-    func payload(_ bytes: [UInt8]) -> Packet {
+    public func payload(_ bytes: [UInt8]) -> Packet {
         var p = self
         p.body = bytes
         return p
     }
-    func payload(_ text: String) -> Packet { payload(Array(text.utf8)) }
+    public func payload(_ text: String) -> Packet { payload(Array(text.utf8)) }
     /// A memcached UDP request or reply: 8-byte frame header, then `text`.
-    func memcachedUDP(id: UInt16, _ text: String, seq: UInt16 = 0, total: UInt16 = 1) -> Packet {
+    public func memcachedUDP(id: UInt16, _ text: String, seq: UInt16 = 0, total: UInt16 = 1) -> Packet {
         payload(Packet.frameHeader(id: id, seq: seq, total: total) + Array(text.utf8))
     }
 
-    static func frameHeader(id: UInt16, seq: UInt16 = 0, total: UInt16 = 1) -> [UInt8] {
+    public static func frameHeader(id: UInt16, seq: UInt16 = 0, total: UInt16 = 1) -> [UInt8] {
         be16(id) + be16(seq) + be16(total) + [0, 0]
     }
 
-    var bytes: [UInt8] {
+    public var bytes: [UInt8] {
         var l4bytes: [UInt8] = []
         var proto: UInt8 = 0
         let (src, dst): ([UInt8], [UInt8]) = {
@@ -118,11 +120,11 @@ struct Packet {
         return src + dst + [0, proto] + Packet.be16(UInt16(length))
     }
 
-    static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
-    static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8((v >> 16) & 0xff), UInt8((v >> 8) & 0xff), UInt8(v & 0xff)] }
+    public static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
+    public static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8((v >> 16) & 0xff), UInt8((v >> 8) & 0xff), UInt8(v & 0xff)] }
 
     /// The Internet checksum (RFC 1071) of `data`.
-    static func checksum(_ data: [UInt8]) -> UInt16 {
+    public static func checksum(_ data: [UInt8]) -> UInt16 {
         var sum: UInt32 = 0
         var i = 0
         while i + 1 < data.count {
@@ -134,8 +136,8 @@ struct Packet {
         return ~UInt16(sum)
     }
 
-    static func v4(_ s: String) -> [UInt8] { s.split(separator: ".").map { UInt8($0)! } }
-    static func v6(_ s: String) -> [UInt8] {
+    public static func v4(_ s: String) -> [UInt8] { s.split(separator: ".").map { UInt8($0)! } }
+    public static func v6(_ s: String) -> [UInt8] {
         // Only the forms the fixtures use: "fd00::1", "fd00::2".
         let halves = s.components(separatedBy: "::")
         func groups(_ part: String) -> [UInt16] { part.isEmpty ? [] : part.split(separator: ":").map { UInt16($0, radix: 16)! } }
@@ -145,32 +147,33 @@ struct Packet {
     }
 }
 
-enum TCPFlags {
-    static let fin: UInt8 = 0x01, syn: UInt8 = 0x02, rst: UInt8 = 0x04, psh: UInt8 = 0x08, ack: UInt8 = 0x10
+public enum TCPFlags {
+    public static let fin: UInt8 = 0x01, syn: UInt8 = 0x02, rst: UInt8 = 0x04, psh: UInt8 = 0x08, ack: UInt8 = 0x10
 }
 
 /// Where a frame's parts start, for checking replies.
-struct FrameView {
-    let bytes: [UInt8]
-    var isIPv6: Bool { bytes[12] == 0x86 && bytes[13] == 0xdd }
-    var l3: Int { 14 }
-    var l4: Int { isIPv6 ? 54 : 34 }
-    var payload: [UInt8] { Array(bytes[(l4 + 8)...]) }
-    var srcMAC: [UInt8] { Array(bytes[6..<12]) }
-    var dstMAC: [UInt8] { Array(bytes[0..<6]) }
-    var udpPorts: (UInt16, UInt16) {
+public struct FrameView {
+    public let bytes: [UInt8]
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+    public var isIPv6: Bool { bytes[12] == 0x86 && bytes[13] == 0xdd }
+    public var l3: Int { 14 }
+    public var l4: Int { isIPv6 ? 54 : 34 }
+    public var payload: [UInt8] { Array(bytes[(l4 + 8)...]) }
+    public var srcMAC: [UInt8] { Array(bytes[6..<12]) }
+    public var dstMAC: [UInt8] { Array(bytes[0..<6]) }
+    public var udpPorts: (UInt16, UInt16) {
         (UInt16(bytes[l4]) << 8 | UInt16(bytes[l4 + 1]), UInt16(bytes[l4 + 2]) << 8 | UInt16(bytes[l4 + 3]))
     }
-    var ipChecksumValid: Bool { isIPv6 || Packet.checksum(Array(bytes[14..<34])) == 0 }
-    var udpChecksumValid: Bool {
+    public var ipChecksumValid: Bool { isIPv6 || Packet.checksum(Array(bytes[14..<34])) == 0 }
+    public var udpChecksumValid: Bool {
         let udp = Array(bytes[l4...])
         let pseudo: [UInt8] = isIPv6
             ? Array(bytes[22..<54]) + Packet.be32(UInt32(udp.count)) + [0, 0, 0, 17]
             : Array(bytes[26..<34]) + [0, 17] + Packet.be16(UInt16(udp.count))
         return Packet.checksum(pseudo + udp) == 0
     }
-    var udpLengthValid: Bool { Int(UInt16(bytes[l4 + 4]) << 8 | UInt16(bytes[l4 + 5])) == bytes.count - l4 }
-    var ipLengthValid: Bool {
+    public var udpLengthValid: Bool { Int(UInt16(bytes[l4 + 4]) << 8 | UInt16(bytes[l4 + 5])) == bytes.count - l4 }
+    public var ipLengthValid: Bool {
         if isIPv6 { return Int(UInt16(bytes[18]) << 8 | UInt16(bytes[19])) == bytes.count - 54 }
         return Int(UInt16(bytes[16]) << 8 | UInt16(bytes[17])) == bytes.count - 14
     }
