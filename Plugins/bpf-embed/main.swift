@@ -79,6 +79,21 @@ func systemIncludes() -> [String] {
     return dirs.flatMap { ["-idirafter", $0] }
 }
 
+/// libbpf's `__TARGET_ARCH_<arch>` for the host, so BPF code can rely on the
+/// memory model of the CPU its JIT output runs on.
+func targetArchDefine() -> [String] {
+    var uts = utsname()
+    uname(&uts)
+    let machine = withUnsafeBytes(of: &uts.machine) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+    switch machine {
+    case "x86_64": return ["-D__TARGET_ARCH_x86"]
+    case "aarch64", "arm64": return ["-D__TARGET_ARCH_arm64"]
+    default: return []
+    }
+}
+
 /// `xdp_mcache.bpf.c` -> `xdp_mcache`.
 func objectName(_ source: String) -> String {
     let file = URL(fileURLWithPath: source).lastPathComponent
@@ -106,6 +121,7 @@ for source in options.sources {
     var clangArgs = ["-target", "bpf", "-O2", "-g", "-Wall", "-fno-color-diagnostics"]
     clangArgs += options.includes.flatMap { ["-I", $0] }
     clangArgs += systemIncludes()
+    clangArgs += targetArchDefine()
     clangArgs += ["-c", URL(fileURLWithPath: source).standardizedFileURL.path, "-o", object]
     if run(options.clang, clangArgs) != 0 {
         fail("clang failed to compile \(source)")

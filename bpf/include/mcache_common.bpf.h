@@ -91,6 +91,16 @@ struct mcache_scratch {
 #define barrier() asm volatile("" ::: "memory")
 #endif
 
+/* Re-reading a way's seq after copying its block must not move before the
+ * copy's loads. x86 never reorders loads with older loads, so a plain load
+ * will do; elsewhere a fully ordered atomic (BPF has no read barrier), which
+ * costs the reader a write to the set's cache line. */
+#if defined(__TARGET_ARCH_x86)
+#define SEQ_REREAD(p) ({ barrier(); READ_ONCE(*(p)); })
+#else
+#define SEQ_REREAD(p) __sync_fetch_and_add((p), 0)
+#endif
+
 #define IN(s, i) ((s)->in[BOUND((i), SCRATCH_MASK)])
 #define OUT(s, i) ((s)->out[BOUND((i), SCRATCH_MASK)])
 

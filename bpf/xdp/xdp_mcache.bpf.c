@@ -420,8 +420,8 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 		c->why = L1_STAT_PASS_TOO_BIG;
 		return 0;
 	}
-	if (s->is_gets) {
-		bpf_probe_read_kernel(&s->out[BOUND(o, 2047)], BOUND(blen, 2047), blk);
+	if (s->is_gets || !clen) {
+		bpf_probe_read_kernel(&s->out[BOUND(o, 2047)], BOUND(want, 2047), blk);
 	} else {
 		bpf_probe_read_kernel(&s->out[BOUND(o, 2047)], BOUND(hlen, 2047), blk);
 		__u32 rest = blen - hlen - clen;
@@ -431,10 +431,8 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 		c->miss = 1; /* a 64-bit hash collision: just a miss */
 		return 0;
 	}
-	/* Re-read seq with a fully ordered atomic (BPF has no bare fence): every
-	 * load of the copy is done before it, on any architecture. */
 	struct l1_way *wy = &set->ways[way & (L1_WAYS - 1)];
-	int ok = __sync_fetch_and_add(&wy->seq, 0) == seq && READ_ONCE(wy->state) == L1_WAY_VALID;
+	int ok = SEQ_REREAD(&wy->seq) == seq && READ_ONCE(wy->state) == L1_WAY_VALID;
 	if (!ok) {
 		c->miss = 1;
 		c->why = L1_STAT_HIT_RACE;
@@ -625,17 +623,19 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return XDP_PASS;
 
 	__u32 len = bpf_xdp_get_buff_len(ctx);
+	/* parse_headers never reads past `len`, so bytes past `cap` need no
+	 * clearing. */
 	__u32 cap = len >= HDR_CAP ? HDR_CAP : BOUND(len, HDR_CAP - 1);
-	__builtin_memset(s->hdr, 0, HDR_CAP);
 	if (cap < 14 || bpf_xdp_load_bytes(ctx, 0, s->hdr, cap) != 0)
 		return XDP_PASS;
 
 	struct pkt_info pi = {};
 	int pr = parse_headers(s->hdr, HDR_CAP, len, &pi);
-	__u64 now = bpf_ktime_get_ns();
+	/* Writes read the precise clock; the GET hit path gets by with the
+	 * coarse one. */
 	if (pr == PKT_OPAQUE) {
 		/* Might be a write we cannot read: no fill is safe for a while. */
-		invalidate_all(now, cfg->inflight_max_ns);
+		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 	if (pr != PKT_OK) {
@@ -648,7 +648,7 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	if (pi.proto == IPPROTO_TCP)
-		return handle_tcp(ctx, s, &pi, cfg, now);
+		return handle_tcp(ctx, s, &pi, cfg, bpf_ktime_get_ns());
 
 	/* UDP: frame header, then one request. */
 	__u32 plen = pi.payload_len;
@@ -658,12 +658,12 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	}
 	if (plen > PAYLOAD_MAX) {
 		/* A datagram too large to read here may hold any write. */
-		invalidate_all(now, cfg->inflight_max_ns);
+		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_TOO_BIG);
 		return XDP_PASS;
 	}
 	if (bpf_xdp_load_bytes(ctx, pi.payload_off, s->in, plen) != 0) {
-		invalidate_all(now, cfg->inflight_max_ns);
+		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_MALFORMED);
 		return XDP_PASS;
 	}
@@ -674,13 +674,13 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	int why = mc_parse_get(s);
-	if (why == 0)
-		return handle_get(ctx, s, &pi, cfg, now);
-	if (why != L1_STAT_PASS_NOT_GET)
-		stat_inc(why);
-	else
-		stat_inc(L1_STAT_PASS_NOT_GET);
-	return handle_udp_writes(s, &pi, cfg, now);
+	if (why == 0) {
+		/* The coarse clock lags by at most a tick; L1's deadlines already
+		 * end a second before memcached's. */
+		return handle_get(ctx, s, &pi, cfg, bpf_ktime_get_coarse_ns());
+	}
+	stat_inc(why);
+	return handle_udp_writes(s, &pi, cfg, bpf_ktime_get_ns());
 }
 
 char LICENSE[] SEC("license") = "GPL";
