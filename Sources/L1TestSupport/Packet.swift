@@ -21,6 +21,8 @@ public struct Packet {
     public var udpLengthOverride: UInt16?
     public var ipv4Options: [UInt8] = []
     public var ipv4FragmentOffset: UInt16 = 0
+    /// An IPv6 hop-by-hop options header (8 bytes of padding) before L4.
+    public var ipv6HopByHop = false
 
     public func eth(src: [UInt8]? = nil, dst: [UInt8]? = nil, vlan: UInt16? = nil) -> Packet {
         var p = self
@@ -108,7 +110,9 @@ public struct Packet {
             frame += ip
         case .ipv6(let s, let d):
             frame += [0x86, 0xdd]
-            frame += [0x60, 0, 0, 0] + Packet.be16(UInt16(l4bytes.count)) + [proto, 64] + s + d
+            let hopByHop: [UInt8] = ipv6HopByHop ? [proto, 0, 1, 4, 0, 0, 0, 0] : []
+            let next = ipv6HopByHop ? 0 : proto
+            frame += [0x60, 0, 0, 0] + Packet.be16(UInt16(hopByHop.count + l4bytes.count)) + [next, 64] + s + d + hopByHop
         case nil:
             break
         }

@@ -91,6 +91,25 @@ struct GetFixtureTests {
             id: 2, "VALUE y 0 2\r\nvy\r\nVALUE x 0 2\r\nvx\r\nEND\r\n"))
     }
 
+    /// memcached 1.6 answers a multi-get with one message per item, END on the last.
+    @Test func multiKeyFillFromOneMessagePerItem() throws {
+        let l1 = try L1Harness()
+        var peers = Peers()
+        try l1.ingress(peers.syn())
+        for key in ["x", "y"] {
+            try l1.ingress(peers.send("set \(key) 0 0 2\r\nv\(key)\r\n"))
+            try l1.egress(peers.answer("STORED\r\n"))
+        }
+        try l1.ingress(peers.request(id: 1, "get x y\r\n"))
+        try l1.egress(peers.reply(id: 1, "VALUE x 0 2\r\nvx\r\n"))
+        try l1.egress(peers.reply(id: 1, "VALUE y 0 2\r\nvy\r\nEND\r\n"))
+        #expect(try l1.stat(L1_STAT_FILL) == 2)
+        // The ticket is gone with the END: a late copy fills nothing.
+        try l1.egress(peers.reply(id: 1, "VALUE x 0 2\r\nvx\r\nEND\r\n"))
+        #expect(try l1.stat(L1_STAT_FILL_NO_TICKET) == 1)
+        #expect(try l1.ingress(peers.request(id: 2, "get y x\r\n")).action == XDP_TX_ACTION)
+    }
+
     @Test func getsNeedsACasAndGetsOmitsIt() throws {
         let l1 = try L1Harness()
         var peers = Peers()

@@ -239,6 +239,36 @@ struct FillProtocolTests {
         #expect(try l1.ingress(peers.request(id: 3, "get k\r\n")).action == XDP_PASS_ACTION)
     }
 
+    @Test func ipv4OptionsGetPassesButItsWritesAreTracked() throws {
+        let l1 = try L1Harness()
+        var peers = Peers()
+        try l1.prime(&peers, key: "k", value: "v", id: 1)
+        try l1.prime(&peers, key: "other", value: "o", id: 2)
+        var get = peers.request(id: 3, "get k\r\n")
+        get.ipv4Options = [1, 1, 1, 0]                              // NOP NOP NOP EOL
+        let run = try l1.ingress(get)
+        #expect(run.action == XDP_PASS_ACTION)
+        #expect(run.packet == get.bytes)
+        var set = peers.request(id: 4, "set k 0 0 1\r\nx\r\n")
+        set.ipv4Options = [1, 1, 1, 0]
+        try l1.ingress(set)
+        #expect(try l1.ingress(peers.request(id: 5, "get k\r\n")).action == XDP_PASS_ACTION)
+        #expect(try l1.ingress(peers.request(id: 6, "get other\r\n")).action == XDP_TX_ACTION)
+    }
+
+    @Test func ipv6HopByHopWriteInvalidatesOnlyItsKey() throws {
+        let l1 = try L1Harness()
+        var peers = Peers(ipv6: true)
+        try l1.prime(&peers, key: "k", value: "v", id: 1)
+        try l1.prime(&peers, key: "other", value: "o", id: 2)
+        var set = peers.request(id: 3, "set k 0 0 1\r\nx\r\n")
+        set.ipv6HopByHop = true
+        try l1.ingress(set)
+        #expect(try l1.ingress(peers.request(id: 4, "get k\r\n")).action == XDP_PASS_ACTION)
+        #expect(try l1.ingress(peers.request(id: 5, "get other\r\n")).action == XDP_TX_ACTION)
+        #expect(try l1.stat(L1_STAT_GLOBAL_BLOCK) == 0)
+    }
+
     @Test func base64MetaKeyInvalidatesEverything() throws {
         let l1 = try L1Harness()
         var peers = Peers()

@@ -27,7 +27,7 @@ struct pkt_info {
 	__u8 ipv6;
 	__u8 proto;
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 ext_headers; /* IPv6 extension headers before L4: GETs are passed, writes tracked */
 	__u16 sport; /* network order */
 	__u16 dport; /* network order */
 	__u32 seq;   /* TCP sequence number, host order */
@@ -74,16 +74,18 @@ static __always_inline int parse_headers(const __u8 *hdr, __u32 hdr_cap, __u32 l
 		l4 = ip->protocol;
 		if (l4 != IPPROTO_UDP && l4 != IPPROTO_TCP)
 			return PKT_NOT_IP;
-		if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
-			return PKT_OPAQUE;
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return PKT_OPAQUE; /* a fragment: what it carries cannot be read here */
 		l3_len = bpf_ntohs(ip->tot_len);
-		if (l3_len < 20 || off + l3_len > len)
+		__u32 ihl = ip->ihl * 4;
+		if (l3_len < ihl || off + l3_len > len)
 			return PKT_TRUNCATED;
 		v4_mapped(pi->saddr, ip->saddr);
 		v4_mapped(pi->daddr, ip->daddr);
 		pi->ipv6 = 0;
-		off += 20;
-		l3_len -= 20;
+		pi->ext_headers = ihl != 20; /* IP options */
+		off += ihl;
+		l3_len -= ihl;
 	} else if (proto == ETH_P_IPV6) {
 		if (len < off + 40)
 			return PKT_TRUNCATED;
@@ -91,11 +93,6 @@ static __always_inline int parse_headers(const __u8 *hdr, __u32 hdr_cap, __u32 l
 		if (ip6->version != 6)
 			return PKT_TRUNCATED;
 		l4 = ip6->nexthdr;
-		if (l4 == 0 || l4 == 43 || l4 == 44 || l4 == 60 || l4 == 51 || l4 == 50 || l4 == 135 ||
-		    l4 == 139 || l4 == 140)
-			return PKT_OPAQUE; /* extension headers */
-		if (l4 != IPPROTO_UDP && l4 != IPPROTO_TCP)
-			return PKT_NOT_IP;
 		l3_len = bpf_ntohs(ip6->payload_len);
 		if (off + 40 + l3_len > len)
 			return PKT_TRUNCATED;
@@ -103,6 +100,32 @@ static __always_inline int parse_headers(const __u8 *hdr, __u32 hdr_cap, __u32 l
 		__builtin_memcpy(pi->daddr, &ip6->daddr, 16);
 		pi->ipv6 = 1;
 		off += 40;
+		/* Walk extension headers (MLD reports carry hop-by-hop options);
+		 * a fragment or ESP hides what follows. */
+		for (int i = 0; i < 4; i++) {
+			__u32 ext;
+			if (l4 == 0 || l4 == 43 || l4 == 60) {
+				if (off + 2 > len || off + 2 > hdr_cap)
+					return PKT_TRUNCATED;
+				ext = ((__u32)hdr[(off + 1) & 127] + 1) * 8;
+			} else if (l4 == 51) {
+				if (off + 2 > len || off + 2 > hdr_cap)
+					return PKT_TRUNCATED;
+				ext = ((__u32)hdr[(off + 1) & 127] + 2) * 4;
+			} else if (l4 == 44 || l4 == 50) {
+				return PKT_OPAQUE;
+			} else {
+				break;
+			}
+			if (ext > l3_len || off + ext + 20 > hdr_cap)
+				return PKT_OPAQUE; /* too long to follow in the copied headers */
+			l4 = hdr[off & 127];
+			off += ext;
+			l3_len -= ext;
+			pi->ext_headers = 1;
+		}
+		if (l4 != IPPROTO_UDP && l4 != IPPROTO_TCP)
+			return l4 == 0 || l4 == 43 || l4 == 60 || l4 == 51 ? PKT_OPAQUE : PKT_NOT_IP;
 	} else {
 		return PKT_NOT_IP;
 	}

@@ -292,7 +292,12 @@ static __always_inline void handle_get_reply(struct __sk_buff *skb, struct mcach
 		return;
 	}
 	s->ticket = *t;
-	bpf_map_delete_elem(&mcache_tickets, &tk);
+	/* memcached 1.6 sends each item of a multi-get as its own message
+	 * (each "datagram 0 of 1"), END riding on the last: the ticket serves
+	 * every message until the one that ends the reply. */
+	if (plen >= MC_UDP_HDR_LEN + 5 && IN(s, plen - 5) == 'E' && IN(s, plen - 4) == 'N' &&
+	    IN(s, plen - 3) == 'D' && IN(s, plen - 2) == '\r' && IN(s, plen - 1) == '\n')
+		bpf_map_delete_elem(&mcache_tickets, &tk);
 	if (s->in[MC_UDP_HDR_LEN] != 'V')
 		return; /* every key missed ("END"), or an error: nothing to fill */
 

@@ -1,0 +1,187 @@
+import Foundation
+import Testing
+
+/// cxl-bmc attached in front of Debian's memcached in the netns testbed: GETs answered by XDP,
+/// byte-exact, and no write ever followed by an old value. Needs root; failed (not skipped) in CI.
+@Suite(.serialized, .enabled(if: Privilege.shouldRun, "needs root for BPF and network namespaces"))
+struct L1EndToEndTests {
+    struct Load: Decodable {
+        var requests: Int
+        var replies: Int
+        var hits: Int
+        var timeouts: Int
+        var validationErrors: Int
+        var errors: Int
+    }
+
+    struct StaleCheck: Decodable {
+        var reads: Int
+        var hits: Int
+        var writes: Int
+        var stale: Int
+        var corrupt: Int
+    }
+
+    struct Get: Decodable {
+        struct Item: Decodable {
+            var key: String
+            var bytes: Int
+            var value: String?
+        }
+        var hits: [Item]
+        var misses: [String]
+    }
+
+    /// `cxl-bmc stats IFACE --json`: counter name → value.
+    static func stats(_ tb: Testbed) throws -> [String: Int] {
+        let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
+        guard result.status == 0, let data = result.stdout.data(using: .utf8),
+              let all = try JSONSerialization.jsonObject(with: data) as? [String: [String: Int]],
+              let counters = all[tb.serverIF]
+        else { throw HarnessError("cxl-bmc stats failed: \(result)") }
+        return counters
+    }
+
+    /// Runs `body` with memcached and cxl-bmc attached (XDP + TC egress) on the server veth;
+    /// afterwards checks that SIGTERM detached everything and left memcached running.
+    static func withL1(_ body: (Testbed) throws -> Void) throws {
+        try Privilege.require()
+        try Testbed.with { tb in
+            let memcached = try tb.startMemcached(["-t", "2"])
+            let log = OutputFile()
+            let attach = try ChildProcess(
+                "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"],
+                stdout: log.path, stderr: log.path)
+            defer {
+                if !attach.hasExited { attach.signal(SIGKILL) }
+            }
+            // Attached once the XDP program shows on the interface.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while try !xdpAttached(tb), ContinuousClock.now < deadline {
+                if attach.hasExited { throw HarnessError("cxl-bmc attach exited: \(log.contents())") }
+                usleep(50_000)
+            }
+            guard try xdpAttached(tb) else { throw HarnessError("cxl-bmc did not attach: \(log.contents())") }
+
+            try body(tb)
+
+            attach.signal(SIGTERM)
+            let status = attach.wait(timeout: .seconds(20))
+            #expect(status == 0, "cxl-bmc attach exit status after SIGTERM: \(String(describing: status)); log: \(log.contents())")
+            #expect(try !xdpAttached(tb), "XDP program left on the interface after SIGTERM")
+            #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after SIGTERM")
+            #expect(kill(memcached, 0) == 0, "memcached must keep running")
+        }
+    }
+
+    static func xdpAttached(_ tb: Testbed) throws -> Bool {
+        let r = try tb.runInServer("/sbin/ip", ["-d", "link", "show", "dev", tb.serverIF])
+        return r.stdout.contains("prog/xdp")
+    }
+
+    @Test func hitsAreServedByXDPByteExact() throws {
+        try Self.withL1 { tb in
+            let populate = try tb.mcLoad(["populate", "--server", tb.serverIP4, "--keys", "200", "--value-size", "100", "--json"])
+            #expect(populate.status == 0, "\(populate)")
+            // The first pass fills L1 from memcached's replies; the second is served by XDP.
+            _ = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", "200", "--value-size", "100",
+                               "--duration", "1", "--inflight", "8", "--validate", "--json"])
+            let before = try Self.stats(tb)
+            let run = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", "200", "--value-size", "100",
+                                     "--duration", "2", "--inflight", "8", "--validate", "--json"])
+            let load = try run.json(Load.self)
+            let after = try Self.stats(tb)
+            #expect(load.validationErrors == 0, "values must be byte-exact: \(run)")
+            #expect(load.errors == 0 && load.timeouts == 0, "\(run)")
+            #expect(load.hits == load.replies && load.replies > 1000, "\(run)")
+            let seen = after["get_seen"]! - before["get_seen"]!
+            let hits = after["hit"]! - before["hit"]!
+            #expect(seen >= load.requests)
+            #expect(Double(hits) > 0.9 * Double(seen), "L1 hits \(hits) of \(seen) GETs")
+        }
+    }
+
+    @Test func ipv6HitsAreServedByXDP() throws {
+        try Self.withL1 { tb in
+            _ = try tb.mcLoad(["populate", "--server", tb.serverIP6, "--keys", "20", "--value-size", "64"])
+            _ = try tb.mcLoad(["load", "--server", tb.serverIP6, "--keys", "20", "--value-size", "64",
+                               "--duration", "0.5", "--inflight", "4", "--json"])
+            let before = try Self.stats(tb)
+            let run = try tb.mcLoad(["load", "--server", tb.serverIP6, "--keys", "20", "--value-size", "64",
+                                     "--duration", "1", "--inflight", "4", "--validate", "--json"])
+            let load = try run.json(Load.self)
+            let hits = try Self.stats(tb)["hit"]! - before["hit"]!
+            #expect(load.validationErrors == 0 && load.timeouts == 0, "\(run)")
+            #expect(hits > 100, "IPv6 L1 hits: \(hits)")
+        }
+    }
+
+    /// Every kind of write, over TCP and UDP, is seen: the next UDP GET never returns the old value.
+    @Test func writesAreNeverFollowedByTheOldValue() throws {
+        try Self.withL1 { tb in
+            let server = ["--server", tb.serverIP4]
+            func get(_ key: String) throws -> Get {
+                let r = try tb.mcLoad(["get", "--udp", "--json"] + server + [key])
+                return try r.json(Get.self)
+            }
+            func raw(_ text: String, udp: Bool = false) throws {
+                let r = try tb.mcLoad(["raw", "--json"] + (udp ? ["--udp"] : []) + server + [text])
+                #expect(r.status == 0, "\(r)")
+            }
+            for round in 0..<3 {
+                let key = "e2e\(round)"
+                try raw("set \(key) 5 0 3\r\nold\r\n")
+                // GET until one is answered by L1 (the first fills it, unless the short hold
+                // after the set's STORED is still running): always the value just written.
+                let hitsBefore = try Self.stats(tb)["hit"]!
+                var served = false
+                for _ in 0..<20 where !served {
+                    #expect(try get(key).hits.first?.value == "old")
+                    served = try Self.stats(tb)["hit"]! > hitsBefore
+                }
+                #expect(served, "repeated GETs of \(key) must become L1 hits")
+
+                // Each write, then at once a GET that must see it.
+                try raw("set \(key) 5 0 3\r\nnew\r\n")
+                #expect(try get(key).hits.first?.value == "new")
+                _ = try get(key)
+                try raw("append \(key) 0 0 1\r\nA\r\n")
+                #expect(try get(key).hits.first?.value == "newA")
+                _ = try get(key)
+                try raw("ms \(key) 2 T0\r\nms\r\n")
+                #expect(try get(key).hits.first?.value == "ms")
+                _ = try get(key)
+                try raw("set \(key) 5 0 3\r\nudp\r\n", udp: true)
+                #expect(try get(key).hits.first?.value == "udp")
+                _ = try get(key)
+                try raw("delete \(key)\r\n")
+                #expect(try get(key).misses == [key])
+            }
+            let counters = try Self.stats(tb)
+            #expect(counters["invalidate"]! >= 15)
+        }
+    }
+
+    /// The stale-read checker with L1 attached: a writer sets hot keys over TCP with rising
+    /// versions while readers GET over UDP; no reply may be older than the last acknowledged
+    /// write. The writer is paced so that L1 really serves hits between writes.
+    @Test func staleCheckerFindsNoStaleRead() throws {
+        let seconds = ProcessInfo.processInfo.environment["CXLBMC_STALE_SECONDS"] ?? "20"
+        try Self.withL1 { tb in
+            let before = try Self.stats(tb)
+            let run = try tb.mcLoad(["stale-check", "--server", tb.serverIP4, "--keys", "64", "--readers", "2",
+                                     "--duration", seconds, "--write-interval-us", "2000", "--json"],
+                                    timeout: .seconds(Int(Double(seconds)! + 60)))
+            let check = try run.json(StaleCheck.self)
+            let after = try Self.stats(tb)
+            #expect(run.status == 0, "\(run)")
+            #expect(check.stale == 0 && check.corrupt == 0, "\(run)")
+            #expect(check.writes > 1000 && check.reads > 1000, "\(run)")
+            let hits = after["hit"]! - before["hit"]!
+            let refused = after["fill_refused"]! - before["fill_refused"]!
+            // Both sides of the race must really have happened.
+            #expect(hits > 1000, "L1 hits during the check: \(hits)")
+            #expect(refused > 0, "fills refused during the check: \(refused)")
+        }
+    }
+}

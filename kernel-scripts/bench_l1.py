@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""L1 benchmark: vanilla memcached vs memcached + cxl-bmc, side by side in one run.
+
+Same test bed, same client (mc-load: UDP GETs, Zipf 0.99), for 64 B and 1 KB values:
+  vanilla  memcached alone;
+  floor    a bare XDP program on the server that answers every GET "END" with no lookup:
+           on veth XDP's cost lands on the *sender's* CPU, so this is the part of the
+           machine's CPU per GET that is not the server's;
+  cxl-bmc  memcached with L1 attached (after a warm-up that fills L1).
+Reports, as ratios measured in this run:
+  (a) the server's share of whole-machine CPU per GET (CPU/GET minus the floor's),
+      vanilla over cxl-bmc;
+  (b) the XDP program's own run time per packet from kernel.bpf_stats_enabled;
+  (c) GET throughput, cxl-bmc over vanilla.
+Writes a Markdown table (docs/benchmarks/l1.md by default) and prints it.
+Only loopback and the test bed's own namespaces are addressed. Needs root.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def sh(*args, check=True, capture=True):
+    r = subprocess.run(args, capture_output=capture, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"bench: {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout if capture else ""
+
+
+def ns_run(ns, *args, **kw):
+    return sh("nsenter", f"--net=/run/netns/{ns}", *args, **kw)
+
+
+def busy_jiffies():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle
+
+
+def measure(tb, args, value_size, label):
+    """One timed load; returns ops/s, µs of machine CPU per GET and the raw result."""
+    hz = os.sysconf("SC_CLK_TCK")
+    before = busy_jiffies()
+    t0 = time.monotonic()
+    out = ns_run(tb["CLIENT_NS"], args.mc_load, "load", "--server", tb["SERVER_IP4"], "--keys", str(args.keys),
+                 "--value-size", str(value_size), "--zipf", "0.99", "--duration", str(args.duration),
+                 "--inflight", str(args.inflight), "--json", "--seed", "7")
+    elapsed = time.monotonic() - t0
+    busy = (busy_jiffies() - before) / hz
+    result = json.loads(out.strip().splitlines()[-1])
+    replies = max(1, result["replies"])
+    print(f"  {label:8} {value_size:5} B: {result['ops_per_sec']:8.0f} GET/s, "
+          f"{busy * 1e6 / replies:6.2f} µs CPU/GET, timeouts {result['timeouts']}, "
+          f"validation errors {result['validation_errors']}", file=sys.stderr)
+    return {"ops": result["ops_per_sec"], "cpu_us": busy * 1e6 / replies, "result": result, "elapsed": elapsed}
+
+
+def prog_stats(prog_id):
+    info = json.loads(sh("bpftool", "prog", "show", "id", str(prog_id), "--json"))
+    return info.get("run_time_ns", 0), info.get("run_cnt", 0)
+
+
+def xdp_prog_id(ns, iface):
+    info = json.loads(ns_run(ns, "ip", "-j", "link", "show", "dev", iface))
+    return info[0].get("xdp", {}).get("prog", {}).get("id")
+
+
+def populate(tb, args, value_size):
+    ns_run(tb["CLIENT_NS"], args.mc_load, "populate", "--server", tb["SERVER_IP4"], "--keys", str(args.keys),
+           "--value-size", str(value_size))
+
+
+def bench_size(tb, args, value_size, helper_dir):
+    srv, cli, iface = tb["SERVER_NS"], tb["CLIENT_NS"], tb["SERVER_IF"]
+    rows = {}
+    populate(tb, args, value_size)
+    measure(tb, args, value_size, "warm-up")
+    rows["vanilla"] = measure(tb, args, value_size, "vanilla")
+
+    ns_run(srv, "ip", "link", "set", "dev", iface, "xdpdrv", "obj", f"{helper_dir}/xdp_floor.o", "sec", "xdp")
+    try:
+        rows["floor"] = measure(tb, args, value_size, "floor")
+    finally:
+        ns_run(srv, "ip", "link", "set", "dev", iface, "xdpdrv", "off", check=False)
+
+    attach = subprocess.Popen(["nsenter", f"--net=/run/netns/{srv}", args.cxl_bmc, "attach", iface, "--tc-attach"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(50):
+            if xdp_prog_id(srv, iface):
+                break
+            time.sleep(0.1)
+        prog = xdp_prog_id(srv, iface)
+        if not prog:
+            sys.exit(f"bench: cxl-bmc did not attach: {attach.stderr.read() if attach.poll() is not None else ''}")
+        populate(tb, args, value_size)  # L1 learns each key's TTL from the writes it sees
+        time.sleep(0.1)
+        measure(tb, args, value_size, "warm-up")
+        stats0 = json.loads(sh(args.cxl_bmc, "stats", iface, "--json"))[iface]
+        t0, c0 = prog_stats(prog)
+        rows["cxl-bmc"] = measure(tb, args, value_size, "cxl-bmc")
+        t1, c1 = prog_stats(prog)
+        stats1 = json.loads(sh(args.cxl_bmc, "stats", iface, "--json"))[iface]
+    finally:
+        attach.send_signal(signal.SIGTERM)
+        attach.wait(timeout=20)
+    seen = stats1["get_seen"] - stats0["get_seen"]
+    hits = stats1["hit"] - stats0["hit"]
+    rows["xdp_ns"] = (t1 - t0) / max(1, c1 - c0)
+    rows["hit_ratio"] = hits / max(1, seen)
+    rows["pass_too_big"] = stats1["pass_too_big"] - stats0["pass_too_big"]
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, ".build", "release"))
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
+    ap.add_argument("--keys", type=int, default=10000)
+    ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--sizes", default="64,1024")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "l1.md"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (BPF, network namespaces)")
+    args.mc_load = os.path.join(args.build_dir, "mc-load")
+    args.cxl_bmc = os.path.join(args.build_dir, "cxl-bmc")
+    helper_dir = sh(os.path.join(HERE, "build-helper-bpf.sh")).strip()
+
+    name = f"bn{os.getpid() % 1000}"
+    env = dict(line.split("=", 1) for line in sh("bash", os.path.join(HERE, "testbed.sh"), "up", name).split()
+               if "=" in line)
+    mc = None
+    old_stats = sh("sysctl", "-n", "kernel.bpf_stats_enabled").strip()
+    try:
+        sh("sysctl", "-q", "kernel.bpf_stats_enabled=1")
+        out = sh("bash", os.path.join(HERE, "testbed.sh"), "memcached", name, "-t", "1", "-m", "512")
+        mc = dict(l.split("=", 1) for l in out.split() if "=" in l).get("MEMCACHED_PID")
+        time.sleep(0.5)
+        results = {}
+        for size in [int(s) for s in args.sizes.split(",")]:
+            print(f"value size {size} B", file=sys.stderr)
+            results[size] = bench_size(env, args, size, helper_dir)
+    finally:
+        sh("sysctl", "-q", f"kernel.bpf_stats_enabled={old_stats}", check=False)
+        sh("bash", os.path.join(HERE, "testbed.sh"), "down", name, check=False)
+
+    lines = [
+        "| value | vanilla GET/s | cxl-bmc GET/s | throughput × | CPU/GET vanilla | floor | cxl-bmc "
+        "| server share vanilla ÷ cxl-bmc | XDP ns/packet (bpf_stats) | L1 hit ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, r in results.items():
+        v, f, l = r["vanilla"], r["floor"], r["cxl-bmc"]
+        share_v, share_l = v["cpu_us"] - f["cpu_us"], l["cpu_us"] - f["cpu_us"]
+        ratio = f"{share_v / share_l:.1f}×" if share_l > 0.05 else f"> {share_v / 0.05:.0f}× (cxl-bmc within noise of the floor)"
+        lines.append(
+            f"| {size} B | {v['ops']:.0f} | {l['ops']:.0f} | {l['ops'] / max(1, v['ops']):.2f} | {v['cpu_us']:.2f} µs "
+            f"| {f['cpu_us']:.2f} µs | {l['cpu_us']:.2f} µs | {ratio} | {r['xdp_ns']:.0f} | {r['hit_ratio']:.3f} |")
+    table = "\n".join(lines)
+    note = (f"\nOne run of `make bench` on {os.uname().nodename} ({os.cpu_count()} CPUs, kernel {os.uname().release}), "
+            f"{args.duration:.0f} s per phase, {args.keys} keys, Zipf 0.99, {args.inflight} GETs in flight, "
+            f"memcached -t 1. CPU/GET is whole-machine busy time over replies; the floor is a bare XDP "
+            f"program answering every GET `END` without a lookup.\n")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("# L1 benchmark\n" + note + "\n" + table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
