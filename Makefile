@@ -1,4 +1,4 @@
-# cxl-bmc: build, test and (later) demo and benchmark.
+# cxl-bmc: build, test, demo and benchmark (all need root for BPF and network namespaces).
 # `make test SCRATCH=.build-foo` keeps a second build folder apart from the default one.
 
 SWIFT_BIN ?= /opt/swift/usr/bin
@@ -18,15 +18,21 @@ deps:
 
 # The build comes first so that a compile error stops before any test runs; the tests find mc-load
 # and cxl-bmc next to the test binary.
+# Serial: on a small machine, the timing-sensitive netns tests must not compete with each other.
 test: deps
 	$(SWIFT) build $(SWIFTPM_FLAGS)
-	$(SWIFT) test $(SWIFTPM_FLAGS)
+	$(SWIFT) test $(SWIFTPM_FLAGS) --no-parallel
 
-demo:
-	@echo "demo: not yet"
+demo: deps
+	$(SWIFT) build $(SWIFTPM_FLAGS)
+	bash kernel-scripts/demo.sh $(SCRATCH)/debug
 
-bench:
-	@echo "bench: not yet"
+# Release build: the load generator must not be the bottleneck.
+bench: deps
+	$(SWIFT) build -c release $(SWIFTPM_FLAGS)
+	mkdir -p docs/benchmarks
+	$(SCRATCH)/release/cxl-bmc-bench --runs 50000 | tee docs/benchmarks/programs.txt
+	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
 
 clean:
 	rm -rf $(SCRATCH)

@@ -277,9 +277,12 @@ public final class L1Cache {
 
     /// Whether the XDP program is still attached (someone may have run
     /// `cxl-bmc detach` or `ip link set dev X xdp off`).
-    public func isAttached() -> Bool {
-        guard let status = try? XDPAttachment.status(of: interface) else { return false }
-        return status.programs.contains { $0.id == xdp.programID }
+    public func isAttached() throws -> Bool {
+        let attached = try XDPAttachment.kernelProgramIDs(of: interface)
+        if attached.contains(xdp.programID) { return true }
+        if attached.isEmpty { return false }
+        // Something else in front: libxdp's dispatcher, maybe with ours behind it.
+        return try XDPAttachment.status(of: interface).programs.contains { $0.id == xdp.programID }
     }
 
     /// Detaches XDP and this instance's TC filter. Unless `keepPins`, also

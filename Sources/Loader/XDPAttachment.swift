@@ -208,6 +208,13 @@ public final class XDPAttachment {
             priority: priority ? UInt32(xdp_program__run_prio(program)) : nil)
     }
 
+    /// The ids of the XDP programs the kernel has attached to `interface`
+    /// (`bpf_xdp_query`): exact and cheap, but behind libxdp's dispatcher it
+    /// shows the dispatcher, not the programs it runs.
+    public static func kernelProgramIDs(of interface: NetworkInterface) throws -> [UInt32] {
+        try kernelStatus(of: interface).programs.map(\.id)
+    }
+
     private static func kernelStatus(of interface: NetworkInterface) throws -> XDPStatus {
         var id: UInt32 = 0
         var attachMode: UInt8 = 0

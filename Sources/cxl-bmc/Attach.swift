@@ -117,6 +117,8 @@ struct Attach: ParsableCommand {
 /// touched on that queue alone, hence `@unchecked Sendable`.
 final class Daemon: @unchecked Sendable {
     static let connectionIdleSeconds: Double = 10
+    /// Ticks (seconds) in a row without our XDP program before concluding it was detached.
+    static let missingTicksBeforeExit = 3
 
     private let keepPins: Bool
     private let queue = DispatchQueue(label: "cxl-bmc.daemon")
@@ -126,6 +128,7 @@ final class Daemon: @unchecked Sendable {
     private var pendingSignal: Int32?
     private var result: Error?
     private var stopped = false
+    private var missingTicks = 0
     private let logger = Logger(label: "cxl-bmc")
 
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
@@ -164,10 +167,24 @@ final class Daemon: @unchecked Sendable {
 
     private func tick() {
         guard !stopped, let cache else { return }
-        guard cache.isAttached() else {
-            logger.notice("L1 was detached from \(cache.interface.name) by someone else; exiting without touching it")
-            finish()
-            return
+        // Someone else detached L1 only if queries that succeed stop showing our program
+        // several ticks in a row: a failed query says nothing, and a single empty answer has
+        // been seen while the program was attached (a link dump racing interface changes).
+        do {
+            if try cache.isAttached() {
+                missingTicks = 0
+            } else {
+                missingTicks += 1
+                if missingTicks >= Self.missingTicksBeforeExit {
+                    let now = (try? XDPAttachment.kernelProgramIDs(of: cache.interface)) ?? []
+                    logger.notice(
+                        "L1 (XDP program id \(cache.xdp.programID)) was detached from \(cache.interface.name) by someone else (attached now: \(now.isEmpty ? "none" : now.map(String.init).joined(separator: ", "))); exiting without touching it")
+                    finish()
+                    return
+                }
+            }
+        } catch {
+            logger.warning("could not query the XDP programs of \(cache.interface.name): \(error)")
         }
         do {
             try cache.refreshClock()

@@ -134,7 +134,7 @@ struct AttachTests {
 
         let stats = try L1Cache.stats(interface: veth.name, pinRoot: root)
         #expect(stats.counters.count == L1Stats.names.count)
-        #expect(cache.isAttached())
+        #expect(try cache.isAttached())
 
         let report = try L1Cache.detach(interface: veth.name, pinRoot: root)
         #expect(report.xdpProgramIDs == [cache.xdp.programID])
@@ -142,7 +142,7 @@ struct AttachTests {
         #expect(report.removedQdisc)
         #expect(report.removedPins == "\(root)/\(veth.name)")
         #expect(!BPFFS.exists("\(root)/\(veth.name)"))
-        #expect(!cache.isAttached())
+        #expect(try !cache.isAttached())
         #expect(try !L1Cache.detach(interface: veth.name, pinRoot: root).didAnything)
         let interface = try NetworkInterface(name: veth.name)
         #expect(try XDPAttachment.status(of: interface).programs.isEmpty)
