@@ -74,6 +74,20 @@ struct L1EndToEndTests {
         }
     }
 
+    /// Starts `cxl-bmc attach` in the server namespace and waits until its XDP program is on.
+    static func startAttach(_ tb: Testbed, _ extra: [String], log: OutputFile) throws -> ChildProcess {
+        let attach = try ChildProcess(
+            "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF] + extra,
+            stdout: log.path, stderr: log.path)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try !xdpAttached(tb), ContinuousClock.now < deadline {
+            if attach.hasExited { throw HarnessError("cxl-bmc attach exited: \(log.contents())") }
+            usleep(50_000)
+        }
+        guard try xdpAttached(tb) else { throw HarnessError("cxl-bmc did not attach: \(log.contents())") }
+        return attach
+    }
+
     static func xdpAttached(_ tb: Testbed) throws -> Bool {
         let r = try tb.runInServer("/sbin/ip", ["-d", "link", "show", "dev", tb.serverIF])
         return r.stdout.contains("prog/xdp")
@@ -159,6 +173,51 @@ struct L1EndToEndTests {
             }
             let counters = try Self.stats(tb)
             #expect(counters["invalidate"]! >= 15)
+        }
+    }
+
+    /// The user's flow: attach, pin the egress filter by hand with tc, restart cxl-bmc (keeping
+    /// its pins): the hand-attached filter keeps filling the very same L1.
+    @Test func handAttachedEgressFilterSurvivesARestart() throws {
+        try Privilege.require()
+        try Testbed.with { tb in
+            _ = try tb.startMemcached(["-t", "1"])
+            let log = OutputFile()
+            var attach = try Self.startAttach(tb, ["--keep-pins"], log: log)
+            defer { if !attach.hasExited { attach.signal(SIGKILL) } }
+            let pin = "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)/tc_egress"
+            for args in [["qdisc", "add", "dev", tb.serverIF, "clsact"],
+                         ["filter", "add", "dev", tb.serverIF, "egress", "bpf", "da", "object-pinned", pin]] {
+                let r = try tb.runInServer("/sbin/tc", args)
+                #expect(r.status == 0, "\(r)")
+            }
+            func hitsAfterLoad(keys: String, prefix: String) throws -> Int {
+                _ = try tb.mcLoad(["populate", "--server", tb.serverIP4, "--keys", keys, "--value-size", "32", "--prefix", prefix])
+                _ = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", keys, "--value-size", "32", "--prefix", prefix,
+                                   "--duration", "1.5", "--inflight", "4"])
+                let before = try Self.stats(tb)["hit"]!
+                let run = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", keys, "--value-size", "32", "--prefix", prefix,
+                                         "--duration", "1", "--inflight", "4", "--validate", "--json"])
+                #expect(try run.json(Load.self).validationErrors == 0, "\(run)")
+                return try Self.stats(tb)["hit"]! - before
+            }
+            #expect(try hitsAfterLoad(keys: "50", prefix: "a") > 100)
+
+            attach.signal(SIGTERM)
+            #expect(attach.wait(timeout: .seconds(20)) == 0, "\(log.contents())")
+            #expect(FileManager.default.fileExists(atPath: pin), "--keep-pins keeps the pins")
+            attach = try Self.startAttach(tb, ["--keep-pins"], log: log)
+            // New keys: only the hand-attached filter (from before the restart) can fill them.
+            #expect(try hitsAfterLoad(keys: "50", prefix: "b") > 100, "fills through the hand-attached filter after a restart")
+
+            attach.signal(SIGTERM)
+            #expect(attach.wait(timeout: .seconds(20)) == 0)
+            // `detach` removes what --keep-pins left: the pins and the hand-attached filter.
+            let detach = try tb.runInServer(try Paths.product("cxl-bmc"), ["detach", tb.serverIF])
+            #expect(detach.status == 0, "\(detach)")
+            #expect(!FileManager.default.fileExists(atPath: pin))
+            let filters = try tb.runInServer("/sbin/tc", ["filter", "show", "dev", tb.serverIF, "egress"])
+            #expect(!filters.stdout.contains("tc_mcache_fill"), "\(filters.stdout)")
         }
     }
 

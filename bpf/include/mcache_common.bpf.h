@@ -104,12 +104,17 @@ struct mcache_scratch {
 #define IN(s, i) ((s)->in[BOUND((i), SCRATCH_MASK)])
 #define OUT(s, i) ((s)->out[BOUND((i), SCRATCH_MASK)])
 
-static __always_inline void stat_inc(__u32 idx)
+static __always_inline void stat_add(__u32 idx, __u64 n)
 {
 	__u32 zero = 0;
 	struct l1_stats *st = bpf_map_lookup_elem(&mcache_stats, &zero);
 	if (st)
-		st->counter[BOUND(idx, L1_STAT_COUNT - 1)]++;
+		st->counter[BOUND(idx, L1_STAT_COUNT - 1)] += n;
+}
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	stat_add(idx, 1);
 }
 
 static __always_inline struct l1_config *get_config(void)
@@ -295,18 +300,50 @@ static __always_inline void set_invalidate(struct l1_set *set, __u64 hash, __u64
 	bpf_spin_unlock(&set->lock);
 }
 
-/* The reply to a pending write passed egress: the write is applied. Fills
- * stay refused a little longer (hold) to cover pipelined commands that
- * memcached answers before applying the next one. */
-static __always_inline void set_release(struct l1_set *set, __u64 now, struct l1_config *cfg)
+/* A pending write of this set is settled (its reply passed egress, or its
+ * stream is gone): bump the generation, drop the pending count, and refuse
+ * fills for hold_ns more (pipelined commands memcached answers before
+ * applying the next one; or a stream whose fate we no longer follow). */
+static __always_inline void set_release(struct l1_set *set, __u64 now, __u64 hold_ns)
 {
 	bpf_spin_lock(&set->lock);
 	set->gen++;
 	if (set->pending)
 		set->pending--;
-	if (set->blocked_until_ns < now + cfg->hold_ns)
-		set->blocked_until_ns = now + cfg->hold_ns;
+	if (set->blocked_until_ns < now + hold_ns)
+		set->blocked_until_ns = now + hold_ns;
 	bpf_spin_unlock(&set->lock);
+}
+
+/* The longest a write may still be in flight unseen. */
+static __always_inline __u64 max_hold(struct l1_config *cfg)
+{
+	return cfg->inflight_max_ns > cfg->noreply_hold_ns ? cfg->inflight_max_ns : cfg->noreply_hold_ns;
+}
+
+/* Takes a stream's pending sets and releases them: all of them, or only
+ * once every byte of its writes has reached memcached (rcv_nxt >= write_end),
+ * since only then can a reply follow them. Returns how many. */
+static __always_inline __u32 conn_release_pending(struct l1_conn *conn, int all, __u64 now, __u64 hold_ns)
+{
+	__u32 sets[L1_CONN_PENDING] = {};
+	__u32 n = 0;
+	bpf_spin_lock(&conn->lock);
+	if (conn->npending && (all || (__s32)(conn->rcv_nxt - conn->write_end) >= 0)) {
+		n = conn->npending;
+		for (int i = 0; i < L1_CONN_PENDING; i++)
+			sets[i] = conn->pending_set[i];
+		conn->npending = 0;
+	}
+	bpf_spin_unlock(&conn->lock);
+	for (int i = 0; i < L1_CONN_PENDING; i++) {
+		if (i >= n)
+			break;
+		struct l1_set *set = bpf_map_lookup_elem(&mcache_sets, &sets[i]);
+		if (set)
+			set_release(set, now, hold_ns);
+	}
+	return n;
 }
 
 static __always_inline struct l1_set *set_for_hash(__u64 hash, struct l1_config *cfg, __u32 *idx)

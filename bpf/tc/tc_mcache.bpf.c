@@ -19,31 +19,6 @@ struct {
 
 /* ---- release of in-flight writes ---------------------------------------- */
 
-static __always_inline void conn_release(struct l1_conn *conn, struct l1_config *cfg, __u64 now, int all)
-{
-	__u32 sets[L1_CONN_PENDING] = {};
-	__u32 n = 0;
-	bpf_spin_lock(&conn->lock);
-	/* Only once every byte of the writes reached memcached can a reply
-	 * follow them. */
-	if (conn->npending && (all || (__s32)(conn->rcv_nxt - conn->write_end) >= 0)) {
-		n = conn->npending;
-		for (int i = 0; i < L1_CONN_PENDING; i++)
-			sets[i] = conn->pending_set[i];
-		conn->npending = 0;
-	}
-	bpf_spin_unlock(&conn->lock);
-	for (int i = 0; i < L1_CONN_PENDING; i++) {
-		if (i >= n)
-			break;
-		struct l1_set *set = bpf_map_lookup_elem(&mcache_sets, &sets[i]);
-		if (set) {
-			set_release(set, now, cfg);
-			stat_inc(L1_STAT_RELEASE);
-		}
-	}
-}
-
 static __always_inline void handle_reply_release(struct pkt_info *pi, struct l1_config *cfg, __u64 now)
 {
 	struct l1_conn_key key = {};
@@ -55,7 +30,7 @@ static __always_inline void handle_reply_release(struct pkt_info *pi, struct l1_
 		return;
 	int closing = pi->proto == IPPROTO_TCP && (pi->tcp_flags & (TCPF_FIN | TCPF_RST));
 	if (pi->payload_len || closing)
-		conn_release(conn, cfg, now, closing);
+		stat_add(L1_STAT_RELEASE, conn_release_pending(conn, closing, now, cfg->hold_ns));
 	if (closing)
 		bpf_map_delete_elem(&mcache_conns, &key);
 }

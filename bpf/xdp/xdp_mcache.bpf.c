@@ -34,14 +34,13 @@ static long apply_op_cb(__u32 i, struct apply_ctx *c)
 			__sync_fetch_and_add(&st->epoch, 1);
 		/* Until memcached has applied it (and its delay has run out) a
 		 * reply could still carry pre-flush data. */
-		__u64 hold = cfg->inflight_max_ns > cfg->noreply_hold_ns ? cfg->inflight_max_ns : cfg->noreply_hold_ns;
 		__u64 delay = op->arg > 0 && op->arg < 60 * 60 * 24 * 30 ? (__u64)op->arg * 1000000000ULL : 0;
-		block_all_fills(c->now, hold + delay);
+		block_all_fills(c->now, max_hold(cfg) + delay);
 		stat_inc(L1_STAT_FLUSH);
 		return 0;
 	}
 	if (op->kind == MC_OP_BLOCK) {
-		invalidate_all(c->now, cfg->inflight_max_ns > cfg->noreply_hold_ns ? cfg->inflight_max_ns : cfg->noreply_hold_ns);
+		invalidate_all(c->now, max_hold(cfg));
 		return 0;
 	}
 	__u64 hash = op->hash;
@@ -110,32 +109,6 @@ static __always_inline void conn_key_from(struct l1_conn_key *k, struct pkt_info
 	k->proto = proto;
 }
 
-/* Releases every pending write of a stream whose fate we can no longer
- * follow (client reset): fills stay blocked for the no-reply hold. */
-static __always_inline void conn_drop(struct l1_conn *conn, struct l1_config *cfg, __u64 now)
-{
-	__u32 sets[L1_CONN_PENDING] = {};
-	__u32 n;
-	bpf_spin_lock(&conn->lock);
-	n = conn->npending;
-	for (int i = 0; i < L1_CONN_PENDING; i++)
-		sets[i] = conn->pending_set[i];
-	conn->npending = 0;
-	bpf_spin_unlock(&conn->lock);
-	for (int i = 0; i < L1_CONN_PENDING; i++) {
-		if (i >= n)
-			break;
-		struct l1_set *set = bpf_map_lookup_elem(&mcache_sets, &sets[i]);
-		if (set) {
-			set_release(set, now, cfg);
-			bpf_spin_lock(&set->lock);
-			if (set->blocked_until_ns < now + cfg->noreply_hold_ns)
-				set->blocked_until_ns = now + cfg->noreply_hold_ns;
-			bpf_spin_unlock(&set->lock);
-		}
-	}
-}
-
 static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch *s, struct pkt_info *pi,
 				      struct l1_config *cfg, __u64 now)
 {
@@ -146,7 +119,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 	if (pi->tcp_flags & TCPF_SYN) {
 		struct l1_conn *fresh = new_conn(s, now);
 		if (conn)
-			conn_drop(conn, cfg, now);
+			conn_release_pending(conn, 1, now, cfg->noreply_hold_ns); /* its fate is unknown */
 		fresh->rcv_nxt = pi->seq + 1;
 		fresh->flags = L1_CONN_FRESH;
 		if (bpf_map_update_elem(&mcache_conns, &key, fresh, BPF_ANY) != 0)
@@ -157,7 +130,7 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct mcache_scratch 
 	}
 	if (pi->tcp_flags & TCPF_RST) {
 		if (conn) {
-			conn_drop(conn, cfg, now);
+			conn_release_pending(conn, 1, now, cfg->noreply_hold_ns); /* its fate is unknown */
 			bpf_map_delete_elem(&mcache_conns, &key);
 		}
 		return XDP_PASS;
