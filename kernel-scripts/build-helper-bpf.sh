@@ -10,7 +10,7 @@ mkdir -p "$out"
 build() { # SRC OBJ [CLANG FLAGS...]
     local src=$1 obj=$2
     shift 2
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ]; then
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$here/bpf/floor_reply.h" -nt "$obj" ]; then
         # Build aside and rename, so a concurrent test bed never loads half a file.
         "$clang" -target bpf -O2 -g -Wall -idirafter "/usr/include/$arch-linux-gnu" -idirafter /usr/include \
             "$@" -c "$src" -o "$obj.$$"

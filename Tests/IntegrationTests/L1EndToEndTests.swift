@@ -5,33 +5,6 @@ import Testing
 /// byte-exact, and no write ever followed by an old value. Needs root; failed (not skipped) in CI.
 @Suite(.serialized, .enabled(if: Privilege.shouldRun, "needs root for BPF and network namespaces"))
 struct L1EndToEndTests {
-    struct Load: Decodable {
-        var requests: Int
-        var replies: Int
-        var hits: Int
-        var timeouts: Int
-        var validationErrors: Int
-        var errors: Int
-    }
-
-    struct StaleCheck: Decodable {
-        var reads: Int
-        var hits: Int
-        var writes: Int
-        var stale: Int
-        var corrupt: Int
-    }
-
-    struct Get: Decodable {
-        struct Item: Decodable {
-            var key: String
-            var bytes: Int
-            var value: String?
-        }
-        var hits: [Item]
-        var misses: [String]
-    }
-
     /// `cxl-bmc stats IFACE --json`: counter name → value.
     static func stats(_ tb: Testbed) throws -> [String: Int] {
         let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
@@ -103,7 +76,7 @@ struct L1EndToEndTests {
             let before = try Self.stats(tb)
             let run = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", "200", "--value-size", "100",
                                      "--duration", "2", "--inflight", "8", "--validate", "--json"])
-            let load = try run.json(Load.self)
+            let load = try run.json(McLoad.Load.self)
             let after = try Self.stats(tb)
             #expect(load.validationErrors == 0, "values must be byte-exact: \(run)")
             #expect(load.errors == 0 && load.timeouts == 0, "\(run)")
@@ -123,7 +96,7 @@ struct L1EndToEndTests {
             let before = try Self.stats(tb)
             let run = try tb.mcLoad(["load", "--server", tb.serverIP6, "--keys", "20", "--value-size", "64",
                                      "--duration", "1", "--inflight", "4", "--validate", "--json"])
-            let load = try run.json(Load.self)
+            let load = try run.json(McLoad.Load.self)
             let hits = try Self.stats(tb)["hit"]! - before["hit"]!
             #expect(load.validationErrors == 0 && load.timeouts == 0, "\(run)")
             #expect(hits > 100, "IPv6 L1 hits: \(hits)")
@@ -134,9 +107,9 @@ struct L1EndToEndTests {
     @Test func writesAreNeverFollowedByTheOldValue() throws {
         try Self.withL1 { tb in
             let server = ["--server", tb.serverIP4]
-            func get(_ key: String) throws -> Get {
+            func get(_ key: String) throws -> McLoad.Get {
                 let r = try tb.mcLoad(["get", "--udp", "--json"] + server + [key])
-                return try r.json(Get.self)
+                return try r.json(McLoad.Get.self)
             }
             func raw(_ text: String, udp: Bool = false) throws {
                 let r = try tb.mcLoad(["raw", "--json"] + (udp ? ["--udp"] : []) + server + [text])
@@ -198,7 +171,7 @@ struct L1EndToEndTests {
                 let before = try Self.stats(tb)["hit"]!
                 let run = try tb.mcLoad(["load", "--server", tb.serverIP4, "--keys", keys, "--value-size", "32", "--prefix", prefix,
                                          "--duration", "1", "--inflight", "4", "--validate", "--json"])
-                #expect(try run.json(Load.self).validationErrors == 0, "\(run)")
+                #expect(try run.json(McLoad.Load.self).validationErrors == 0, "\(run)")
                 return try Self.stats(tb)["hit"]! - before
             }
             #expect(try hitsAfterLoad(keys: "50", prefix: "a") > 100)
@@ -231,7 +204,7 @@ struct L1EndToEndTests {
             let run = try tb.mcLoad(["stale-check", "--server", tb.serverIP4, "--keys", "64", "--readers", "2",
                                      "--duration", seconds, "--write-interval-us", "2000", "--json"],
                                     timeout: .seconds(Int(Double(seconds)! + 60)))
-            let check = try run.json(StaleCheck.self)
+            let check = try run.json(McLoad.StaleCheck.self)
             let after = try Self.stats(tb)
             #expect(run.status == 0, "\(run)")
             #expect(check.stale == 0 && check.corrupt == 0, "\(run)")

@@ -5,42 +5,6 @@ import Testing
 /// baseline every accelerated run must match. Needs root; skipped without it, failed under CI.
 @Suite(.serialized, .enabled(if: Privilege.shouldRun, "needs root for network namespaces"))
 struct VanillaMemcachedTests {
-    struct Populate: Decodable {
-        var stored: Int
-        var failed: Int
-        var verified: Int?
-        var verifyErrors: Int?
-    }
-
-    struct Load: Decodable {
-        var requests: Int
-        var replies: Int
-        var hits: Int
-        var misses: Int
-        var timeouts: Int
-        var validationErrors: Int
-        var errors: Int
-        var datagrams: Int
-    }
-
-    struct StaleCheck: Decodable {
-        var reads: Int
-        var hits: Int
-        var writes: Int
-        var stale: Int
-        var corrupt: Int
-    }
-
-    struct Get: Decodable {
-        struct Item: Decodable {
-            var key: String
-            var bytes: Int
-        }
-        var hits: [Item]
-        var misses: [String]
-        var datagrams: Int?
-    }
-
     enum Family: String, CaseIterable {
         case ipv4, ipv6
         func server(_ testbed: Testbed) -> String { self == .ipv4 ? testbed.serverIP4 : testbed.serverIP6 }
@@ -81,7 +45,7 @@ struct VanillaMemcachedTests {
 
             let run = try testbed.mcLoad(["load", "--duration", "1", "--inflight", "4", "--validate"] + common)
             #expect(run.status == 0, "\(run)")
-            let load = try run.json(Load.self)
+            let load = try run.json(McLoad.Load.self)
             #expect(load.replies > 100)
             #expect(load.hits == load.replies)
             #expect(load.misses == 0)
@@ -99,12 +63,12 @@ struct VanillaMemcachedTests {
             let run = try testbed.mcLoad(["populate", "--server", server, "--keys", "500", "--value-size", "100",
                                           "--verify", "--json"])
             #expect(run.status == 0, "\(run)")
-            let populate = try run.json(Populate.self)
+            let populate = try run.json(McLoad.Populate.self)
             #expect(populate.stored == 500)
             #expect(populate.verified == 500)
             #expect(populate.verifyErrors == 0)
 
-            let get = try testbed.mcLoad(["get", "--server", server, "--json", "k7", "absent"]).json(Get.self)
+            let get = try testbed.mcLoad(["get", "--server", server, "--json", "k7", "absent"]).json(McLoad.Get.self)
             #expect(get.hits.map(\.key) == ["k7"])
             #expect(get.hits.first?.bytes == 100)
             #expect(get.misses == ["absent"])
@@ -119,13 +83,13 @@ struct VanillaMemcachedTests {
             #expect(populate.status == 0, "\(populate)")
 
             // 3000 bytes take three datagrams of at most 1400.
-            let get = try testbed.mcLoad(["get", "--udp", "--server", testbed.serverIP4, "--json", "big3"]).json(Get.self)
+            let get = try testbed.mcLoad(["get", "--udp", "--server", testbed.serverIP4, "--json", "big3"]).json(McLoad.Get.self)
             #expect(get.hits.first?.bytes == 3000)
             #expect(get.datagrams == 3)
 
             let run = try testbed.mcLoad(["load", "--duration", "1", "--inflight", "2", "--multiget", "2", "--validate"] + common)
             #expect(run.status == 0, "\(run)")
-            let load = try run.json(Load.self)
+            let load = try run.json(McLoad.Load.self)
             #expect(load.replies > 10)
             #expect(load.hits == 2 * load.replies)
             #expect(load.datagrams >= 6 * load.replies)
@@ -140,7 +104,7 @@ struct VanillaMemcachedTests {
             let run = try testbed.mcLoad(["stale-check", "--server", testbed.serverIP4, "--keys", "8",
                                           "--duration", "2", "--readers", "1", "--json"])
             #expect(run.status == 0, "\(run)")
-            let check = try run.json(StaleCheck.self)
+            let check = try run.json(McLoad.StaleCheck.self)
             #expect(check.stale == 0)
             #expect(check.corrupt == 0)
             #expect(check.reads > 100)
@@ -162,14 +126,14 @@ struct VanillaMemcachedTests {
             #expect(prime.status == 0, "\(prime)")
             let stale = try testbed.mcLoad(base + ["--udp-port", "11212", "--duration", "1.5"])
             #expect(stale.status == 1, "\(stale)")
-            #expect(try stale.json(StaleCheck.self).stale > 0)
+            #expect(try stale.json(McLoad.StaleCheck.self).stale > 0)
 
             let overwrite = try testbed.mcLoad(["populate", "--server", testbed.serverIP4, "--port", "11212",
                                                 "--keys", "4", "--value-size", "64", "--prefix", "stale:"])
             #expect(overwrite.status == 0, "\(overwrite)")
             let corrupt = try testbed.mcLoad(base + ["--udp-port", "11212", "--duration", "0.3"])
             #expect(corrupt.status == 1, "\(corrupt)")
-            #expect(try corrupt.json(StaleCheck.self).corrupt > 0)
+            #expect(try corrupt.json(McLoad.StaleCheck.self).corrupt > 0)
         }
     }
 }

@@ -11,8 +11,9 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "floor_reply.h"
 
-const volatile __u16 floor_port = 11211; /* network order set by the loader if not default */
+#define FLOOR_PORT 11211
 
 SEC("xdp")
 int xdp_floor(struct xdp_md *ctx)
@@ -24,40 +25,18 @@ int xdp_floor(struct xdp_md *ctx)
 	struct udphdr *udp = (void *)(ip + 1);
 	__u8 *p = (void *)(udp + 1);
 	if ((void *)(p + 8) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(floor_port))
+	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(FLOOR_PORT))
 		return XDP_PASS;
 	int delta = (int)(sizeof(*eth) + sizeof(*ip) + sizeof(*udp) + 8 + 5) - (int)(data_end - data);
 	if (bpf_xdp_adjust_tail(ctx, delta))
 		return XDP_PASS;
+	if (floor_turn_around(ctx, 8 + 5))
+		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = (void *)(eth + 1);
-	udp = (void *)(ip + 1);
-	p = (void *)(udp + 1);
+	p = data + sizeof(*eth) + sizeof(*ip) + sizeof(*udp);
 	if ((void *)(p + 13) > data_end)
 		return XDP_ABORTED;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	__u32 a = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = a;
-	ip->tot_len = bpf_htons(20 + 8 + 13);
-	ip->check = 0;
-	__u32 sum = 0;
-	__u16 *w = (void *)ip;
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	ip->check = ~sum;
-	__u16 port = udp->source;
-	udp->source = udp->dest;
-	udp->dest = port;
-	udp->len = bpf_htons(8 + 13);
-	udp->check = 0; /* optional on IPv4 */
 	/* frame header: keep the request id, datagram 0 of 1 */
 	p[2] = 0; p[3] = 0; p[4] = 0; p[5] = 1; p[6] = 0; p[7] = 0;
 	p[8] = 'E'; p[9] = 'N'; p[10] = 'D'; p[11] = '\r'; p[12] = '\n';

@@ -11,6 +11,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "floor_reply.h"
 
 #ifndef FLOOR_VALUE_SIZE
 #define FLOOR_VALUE_SIZE 64
@@ -106,34 +107,8 @@ int xdp_floor_value(struct xdp_md *ctx)
 	if (bpf_xdp_store_bytes(ctx, 0, hdr, HDRS) || bpf_xdp_store_bytes(ctx, HDRS, b, rlen))
 		return XDP_ABORTED;
 
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = (void *)(eth + 1);
-	udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > data_end)
+	if (floor_turn_around(ctx, rlen))
 		return XDP_ABORTED;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	__u32 a = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = a;
-	ip->tot_len = bpf_htons(20 + 8 + rlen);
-	ip->check = 0;
-	__u32 sum = 0;
-	__u16 *w = (void *)ip;
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	ip->check = ~sum;
-	__u16 port = udp->source;
-	udp->source = udp->dest;
-	udp->dest = port;
-	udp->len = bpf_htons(8 + rlen);
-	udp->check = 0; /* optional on IPv4 */
 	return XDP_TX;
 }
 
