@@ -137,6 +137,9 @@ public final class L1Cache {
             // Configure and pin before XDP sees a packet.
             try configure(
                 xdpObject.map(named: L1Names.configMap), port: port, geometry: geometry, unknownTTL: unknownTTL)
+            if reused {
+                try forgetUnwatchedTime(xdpObject)
+            }
             let tcProgram = try tcObject.program(named: L1Names.tcProgram)
             let tcPinPath = "\(pinDirectory)/\(L1Names.tcPin)"
             try BPFFS.unpin(tcPinPath)
@@ -217,6 +220,20 @@ public final class L1Cache {
             try BPFFS.createDirectory("\(pinDirectory)/\(qdiscMarker)")
         }
         return attachment
+    }
+
+    /// Reused pins hold entries from before this attach, but nobody watched the
+    /// writes made since the last run detached: every entry must become a miss
+    /// (a flush epoch bump) and the stream tracking start over (streams of the
+    /// gap are followed conservatively, as streams older than the attach).
+    private static func forgetUnwatchedTime(_ xdpObject: BPFObject) throws {
+        let stateMap = try xdpObject.map(named: L1Names.stateMap)
+        var state = try stateMap.lookup(UInt32(0), as: l1_state.self) ?? l1_state()
+        state.epoch &+= 1
+        try stateMap.update(UInt32(0), state)
+        let conns = try xdpObject.map(named: L1Names.connsMap)
+        for key in try conns.keys() { try conns.delete(key: key) }
+        logger.info("reused pinned L1 maps: flushed L1 (epoch \(state.epoch)) and reset stream tracking")
     }
 
     /// Writes `struct l1_config`: port, enabled, set mask, hold times, clock offset.

@@ -176,10 +176,18 @@ struct L1EndToEndTests {
             }
             #expect(try hitsAfterLoad(keys: "50", prefix: "a") > 100)
 
+            let cached = try tb.mcLoad(["get", "--udp", "--json", "--server", tb.serverIP4, "a7"]).json(McLoad.Get.self)
+            #expect(cached.hits.count == 1)
+
             attach.signal(SIGTERM)
             #expect(attach.wait(timeout: .seconds(20)) == 0, "\(log.contents())")
             #expect(FileManager.default.fileExists(atPath: pin), "--keep-pins keeps the pins")
+            // A write while no XDP program watches: the kept entry must not survive the restart.
+            let write = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set a7 0 0 5\\r\\nwhile\\r\\n"])
+            #expect(write.status == 0, "\(write)")
             attach = try Self.startAttach(tb, ["--keep-pins"], log: log)
+            let after = try tb.mcLoad(["get", "--udp", "--json", "--server", tb.serverIP4, "a7"]).json(McLoad.Get.self)
+            #expect(after.hits.first?.value == "while", "an entry from before the restart was served: \(after.hits)")
             // New keys: only the hand-attached filter (from before the restart) can fill them.
             #expect(try hitsAfterLoad(keys: "50", prefix: "b") > 100, "fills through the hand-attached filter after a restart")
 
