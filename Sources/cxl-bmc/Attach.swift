@@ -22,13 +22,14 @@ struct Attach: ParsableCommand {
             attached itself, and, unless --keep-pins, every egress filter running \
             cxl-bmc's program on IFACE (hand-added ones too) and the pins.
 
-            A restart reuses the pinned maps, so the cache survives it, and re-pins \
-            tc_egress. A filter added with `tc filter ... object-pinned` holds the program \
-            that was pinned when it was added: it keeps running that program, which uses \
-            the same pinned maps, so it keeps filling the shared cache (as long as the \
-            pins are kept); run the tc filter command again, or use --tc-attach, to switch \
-            it to the newly loaded program. Maps pinned with another --l1-entries are \
-            refused: run `cxl-bmc detach IFACE` first.
+            A restart reuses the pinned maps and re-pins tc_egress; it empties L1 (writes \
+            made while no program watched may have made any entry stale) and starts \
+            stream tracking afresh. A filter added with `tc filter ... object-pinned` holds \
+            the program that was pinned when it was added: it keeps running that program, \
+            which uses the same pinned maps, so it keeps filling the shared cache (as long \
+            as the pins are kept); run the tc filter command again, or use --tc-attach, to \
+            switch it to the newly loaded program. Maps pinned with another --l1-entries \
+            are refused: run `cxl-bmc detach IFACE` first.
 
             If `cxl-bmc detach IFACE` is run meanwhile, this process notices and exits.
             """
@@ -56,7 +57,7 @@ struct Attach: ParsableCommand {
     @Option(help: "XDP mode: native, skb (generic), or auto (native, falling back to skb).")
     var xdpMode: XDPModeArgument = .auto
 
-    @Flag(help: "On exit, keep the pins (and hand-added egress filters): a restart reuses the cache.")
+    @Flag(help: "On exit, keep the pins (and hand-added egress filters): a restart reuses the maps, and a hand-added filter keeps filling them.")
     var keepPins = false
 
     @OptionGroup var pins: PinOptions
