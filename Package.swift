@@ -47,6 +47,11 @@ let package = Package(
             ]
         ),
 
+        // Where to put uprobes in a (possibly stripped) memcached: ELF symbols,
+        // build-id debug files, or a shipped offset table checked against the
+        // functions' prologue bytes.
+        .target(name: "ProbeTargets", resources: [.copy("Offsets")]),
+
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
         .executableTarget(
@@ -70,5 +75,6 @@ let package = Package(
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
+        .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
     ]
 )
