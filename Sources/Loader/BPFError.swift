@@ -118,3 +118,16 @@ extension BPFError {
         system(operation, errno: Glibc.errno, detail: detail)
     }
 }
+
+extension BPFError {
+    /// Returns `fd` from a libbpf call that opens one (`bpf_obj_get`, `…_get_fd_by_id`), or throws
+    /// with its errno: `.notFound` for ENOENT, `.system` otherwise.
+    static func checkFD(_ fd: Int32, _ operation: String) throws -> Int32 {
+        guard fd < 0 else { return fd }
+        let code = Glibc.errno
+        if code == ENOENT {
+            throw BPFError(.notFound, operation: operation, errno: code)
+        }
+        throw BPFError.system(operation, errno: code)
+    }
+}

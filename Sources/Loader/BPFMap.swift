@@ -92,14 +92,7 @@ public final class BPFMap {
 
     /// Opens a pinned map (`bpf_obj_get`).
     public static func openPinned(_ path: String) throws -> BPFMap {
-        let fd = bpf_obj_get(path)
-        guard fd >= 0 else {
-            let code = errno
-            if code == ENOENT {
-                throw BPFError(.notFound, operation: "open pinned map \(path)", errno: code)
-            }
-            throw BPFError.system("open pinned map \(path)", errno: code)
-        }
+        let fd = try BPFError.checkFD(bpf_obj_get(path), "open pinned map \(path)")
         return try BPFMap(fd: fd, name: nil, owner: nil, ownsFD: true)
     }
 

@@ -65,27 +65,13 @@ public final class BPFProgram {
 
     /// Opens a pinned program (`bpf_obj_get`).
     public static func openPinned(_ path: String) throws -> BPFProgram {
-        let fd = bpf_obj_get(path)
-        guard fd >= 0 else {
-            let code = errno
-            if code == ENOENT {
-                throw BPFError(.notFound, operation: "open pinned program \(path)", errno: code)
-            }
-            throw BPFError.system("open pinned program \(path)", errno: code)
-        }
+        let fd = try BPFError.checkFD(bpf_obj_get(path), "open pinned program \(path)")
         return try BPFProgram(fd: fd, name: nil, owner: nil, ownsFD: true)
     }
 
     /// Opens a loaded program by its kernel id (`bpf_prog_get_fd_by_id`).
     public static func open(id: UInt32) throws -> BPFProgram {
-        let fd = bpf_prog_get_fd_by_id(id)
-        guard fd >= 0 else {
-            let code = errno
-            if code == ENOENT {
-                throw BPFError(.notFound, operation: "open program id \(id)", errno: code)
-            }
-            throw BPFError.system("open program id \(id)", errno: code)
-        }
+        let fd = try BPFError.checkFD(bpf_prog_get_fd_by_id(id), "open program id \(id)")
         return try BPFProgram(fd: fd, name: nil, owner: nil, ownsFD: true)
     }
 
