@@ -96,11 +96,17 @@ extension L1Harness {
     /// Writes `key` over TCP (set), lets memcached's STORED release it, then
     /// fills L1 through a UDP GET miss and memcached's reply. After this a
     /// GET for `key` is an L1 hit.
-    public func prime(_ peers: inout Peers, key: String, value: String, flags: UInt32 = 0, exptime: Int = 0,
-               id: UInt16 = 1, gets cas: UInt64? = nil) throws {
+    /// Writes `key` over the TCP stream (opened with a SYN first) and lets memcached's STORED
+    /// pass egress: the write is seen, applied and released.
+    public func store(_ peers: inout Peers, key: String, value: String, flags: UInt32 = 0, exptime: Int = 0) throws {
         if peers.clientSeq == 1000 { try ingress(peers.syn()) }
         try ingress(peers.send("set \(key) \(flags) \(exptime) \(value.utf8.count)\r\n\(value)\r\n"))
         try egress(peers.answer("STORED\r\n"))
+    }
+
+    public func prime(_ peers: inout Peers, key: String, value: String, flags: UInt32 = 0, exptime: Int = 0,
+               id: UInt16 = 1, gets cas: UInt64? = nil) throws {
+        try store(&peers, key: key, value: value, flags: flags, exptime: exptime)
         let verb = cas == nil ? "get" : "gets"
         try ingress(peers.request(id: id, "\(verb) \(key)\r\n"))
         let casText = cas.map { " \($0)" } ?? ""

@@ -78,11 +78,7 @@ struct GetFixtureTests {
     @Test func multiKeyFillFromOneReply() throws {
         let l1 = try L1Harness()
         var peers = Peers()
-        try l1.ingress(peers.syn())
-        for key in ["x", "y"] {
-            try l1.ingress(peers.send("set \(key) 0 0 2\r\nv\(key)\r\n"))
-            try l1.egress(peers.answer("STORED\r\n"))
-        }
+        for key in ["x", "y"] { try l1.store(&peers, key: key, value: "v\(key)") }
         #expect(try l1.ingress(peers.request(id: 1, "get x y\r\n")).action == XDP_PASS_ACTION)
         try l1.egress(peers.reply(id: 1, "VALUE x 0 2\r\nvx\r\nVALUE y 0 2\r\nvy\r\nEND\r\n"))
         #expect(try l1.stat(L1_STAT_FILL) == 2)
@@ -95,11 +91,7 @@ struct GetFixtureTests {
     @Test func multiKeyFillFromOneMessagePerItem() throws {
         let l1 = try L1Harness()
         var peers = Peers()
-        try l1.ingress(peers.syn())
-        for key in ["x", "y"] {
-            try l1.ingress(peers.send("set \(key) 0 0 2\r\nv\(key)\r\n"))
-            try l1.egress(peers.answer("STORED\r\n"))
-        }
+        for key in ["x", "y"] { try l1.store(&peers, key: key, value: "v\(key)") }
         try l1.ingress(peers.request(id: 1, "get x y\r\n"))
         try l1.egress(peers.reply(id: 1, "VALUE x 0 2\r\nvx\r\n"))
         try l1.egress(peers.reply(id: 1, "VALUE y 0 2\r\nvy\r\nEND\r\n"))
@@ -151,9 +143,7 @@ struct GetFixtureTests {
     @Test func multiDatagramReplyIsNotCached() throws {
         let l1 = try L1Harness()
         var peers = Peers()
-        try l1.ingress(peers.syn())
-        try l1.ingress(peers.send("set m 0 0 1\r\nz\r\n"))
-        try l1.egress(peers.answer("STORED\r\n"))
+        try l1.store(&peers, key: "m", value: "z")
         try l1.ingress(peers.request(id: 1, "get m\r\n"))
         try l1.egress(peers.reply(id: 1, "VALUE m 0 1\r\nz\r\nEND\r\n", seq: 0, total: 2))
         #expect(try l1.stat(L1_STAT_FILL) == 0)

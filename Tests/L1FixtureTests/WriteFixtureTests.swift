@@ -136,9 +136,7 @@ struct FillProtocolTests {
     @Test func writeBetweenGetAndReplyRefusesTheFill() throws {
         let l1 = try L1Harness()
         var peers = Peers()
-        try l1.ingress(peers.syn())
-        try l1.ingress(peers.send("set k 0 0 3\r\nold\r\n"))
-        try l1.egress(peers.answer("STORED\r\n"))
+        try l1.store(&peers, key: "k", value: "old")
         try l1.ingress(peers.request(id: 1, "get k\r\n"))           // ticket taken
         try l1.ingress(peers.send("set k 0 0 3\r\nnew\r\n"))          // a write enters
         try l1.egress(peers.reply(id: 1, "VALUE k 0 3\r\nold\r\nEND\r\n")) // the old value leaves
