@@ -112,9 +112,9 @@ struct l1_ttl {
 #define L1_PARTIAL_MAX 320 /* an unfinished command line carried to the next segment */
 
 /* l1_conn.flags */
-#define L1_CONN_DESYNC 1   /* stream position lost: every segment blocks all fills */
+#define L1_CONN_DESYNC 1   /* stream position lost: each of its segments empties L1 and blocks fills */
 #define L1_CONN_BINARY 2   /* binary protocol connection */
-#define L1_CONN_OVERFLOW 4 /* more pending sets than fit: all fills blocked until released */
+#define L1_CONN_OVERFLOW 4 /* parse-time only: more writes in one segment than MC_MAX_OPS (empties L1) */
 #define L1_CONN_FRESH 8    /* SYN seen, no payload yet: the first byte picks text or binary */
 #define L1_CONN_SKIPLINE 16 /* inside an over-long read-only line: skip to its newline */
 

@@ -248,15 +248,6 @@ static __always_inline void class_ways(__u32 cls, __u32 *first, __u32 *count)
 	}
 }
 
-static __always_inline __u32 way_class(__u32 way)
-{
-	if (way < L1_SMALL_WAYS)
-		return L1_CLASS_SMALL;
-	if (way < L1_SMALL_WAYS + L1_MEDIUM_WAYS)
-		return L1_CLASS_MEDIUM;
-	return L1_CLASS_LARGE;
-}
-
 /* The block bytes of (set, way). */
 static __always_inline void *block_of(__u32 set, __u32 way)
 {

@@ -41,8 +41,6 @@ __noinline __u64 mc_tok_word(struct mcache_scratch *s, __u32 t)
 	}
 	return w;
 }
-#define tok_word mc_tok_word
-
 static __always_inline __u32 tok_len(struct mcache_scratch *s, __u32 t)
 {
 	return s->tok_len[t & (MC_MAX_TOKENS - 1)];
@@ -55,7 +53,7 @@ static __always_inline __u32 tok_off(struct mcache_scratch *s, __u32 t)
 
 static __always_inline int tok_is_noreply(struct mcache_scratch *s, __u32 t)
 {
-	return tok_len(s, t) == 7 && tok_word(s, t) == W7('n', 'o', 'r', 'e', 'p', 'l', 'y');
+	return tok_len(s, t) == 7 && mc_tok_word(s, t) == W7('n', 'o', 'r', 'e', 'p', 'l', 'y');
 }
 
 /* Byte scanners run under bpf_loop: the verifier checks the callback once
@@ -299,7 +297,7 @@ __noinline int mc_parse_text_line(struct mcache_scratch *s, __u32 nl)
 		return MC_CONTINUE;
 	__u32 n = ntok;
 	__u32 clen = tok_len(s, 0);
-	__u64 cw = tok_word(s, 0);
+	__u64 cw = mc_tok_word(s, 0);
 
 	/* Storage commands: <cmd> <key> <flags> <exptime> <bytes> [cas] [noreply] */
 	int is_cas = clen == 3 && cw == W3('c', 'a', 's');
