@@ -7,10 +7,13 @@ let package = Package(
     products: [
         .executable(name: "cxl-bmc", targets: ["cxl-bmc"]),
         .executable(name: "mc-load", targets: ["mc-load"]),
+        .executable(name: "peering-bench", targets: ["peering-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // The ABI shared with the BPF programs: bpf/include is both the BPF
@@ -41,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI",
+                "Loader", "CXLBMCABI", "Peering",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -76,5 +79,34 @@ let package = Package(
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
+
+        // L3 across hosts: cluster config, placement (consistent hashing), and the
+        // network transport (memcached meta protocol over TCP after a PSK handshake).
+        .target(
+            name: "Peering",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "peering-bench",
+            dependencies: [
+                "Peering",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "PeeringTests",
+            dependencies: [
+                "Peering",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ]
 )
