@@ -9,7 +9,7 @@ import NIOCore
 //
 // Flags are one letter, optionally followed by a token: v f t c k s b q O(opaque) T(ttl)
 // F(client flags) C(compare CAS) M(mode). Keys are 1–250 bytes without spaces or control bytes;
-// any other key travels base64-encoded with the `b` flag (so binary keys are at most 187 bytes).
+// any other key travels base64-encoded with the `b` flag (so binary keys are at most 186 bytes).
 
 /// One meta flag: its letter and the token glued to it (`O123` → `O`, `"123"`).
 public struct MetaFlag: Equatable, Sendable {
@@ -64,8 +64,8 @@ public enum StoreMode: Character, Sendable {
 public enum MetaLimits {
     /// memcached's KEY_MAX_LENGTH.
     public static let maxKeyLength = 250
-    /// Longest binary key that fits 250 bytes once base64-encoded.
-    public static let maxBinaryKeyLength = 187
+    /// Longest binary key that fits 250 bytes once base64-encoded (186 bytes → 248 characters).
+    public static let maxBinaryKeyLength = 186
 }
 
 /// How a key goes on the wire: as is when it is printable ASCII without spaces, else base64 with `b`.

@@ -482,10 +482,7 @@ public final class PeerClient: @unchecked Sendable {
 
     /// Connect or handshake failed: fail the waiting requests now and back off.
     private func connectFailed(_ error: PeerError) {
-        handshakeTimer?.cancel()
-        channel?.close(promise: nil)
-        channel = nil
-        generation += 1
+        detachChannel()
         failures += 1
         let exponent = min(failures - 1, 20)
         let ceiling = min(configuration.maxBackoff.nanoseconds, configuration.initialBackoff.nanoseconds << exponent)
@@ -496,21 +493,26 @@ public final class PeerClient: @unchecked Sendable {
 
     /// A ready connection broke (closed, timed out, desynchronised): fail what it carried.
     private func dropConnection(_ error: PeerError) {
-        channel?.close(promise: nil)
-        channel = nil
-        generation += 1
+        detachChannel()
         phase = .idle
         while let unit = inFlight.popFirst() { unit.finish(.failure(error)) }
         if !waiting.isEmpty { startConnect() }
     }
 
     private func teardown(_ error: PeerError) {
-        handshakeTimer?.cancel()
-        channel?.close(promise: nil)
-        channel = nil
-        generation += 1
+        detachChannel()
         phase = .idle
         failAll(error)
+    }
+
+    /// Forgets the connection before closing it, so that its close (delivered synchronously)
+    /// is recognised as stale and does not fail requests a second time with another error.
+    private func detachChannel() {
+        handshakeTimer?.cancel()
+        generation += 1
+        let old = channel
+        channel = nil
+        old?.close(promise: nil)
     }
 
     private func failAll(_ error: PeerError) {

@@ -47,6 +47,8 @@ public final class PeerServer: Sendable {
     let configuration: Configuration
     let store: any LocalStore
     let stats = Mutex(Statistics())
+    /// Open connections, closed by ``close()``.
+    let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     let logger: Logger
     private let channel: any Channel
 
@@ -74,6 +76,9 @@ public final class PeerServer: Sendable {
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     guard let server = box.server else { throw ChannelError.ioOnClosedChannel }
+                    let id = ObjectIdentifier(child)
+                    server.connections.withLock { $0[id] = child }
+                    child.closeFuture.whenComplete { _ in server.connections.withLock { $0[id] = nil } }
                     try child.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(readTimeout: configuration.idleTimeout),
                         ByteToMessageHandler(MetaRequestDecoder(maxLineLength: configuration.maxLineLength,
@@ -88,9 +93,11 @@ public final class PeerServer: Sendable {
         return server
     }
 
-    /// Stops accepting; open connections are closed with the server channel's loop group.
+    /// Stops accepting and closes every open connection.
     public func close() async throws {
         try await channel.close()
+        let open = connections.withLock { $0.values }
+        for child in open { try? await child.close() }
     }
 }
 
