@@ -8,7 +8,7 @@ SWIFT   ?= swift
 SCRATCH ?= .build
 SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 
-.PHONY: build test deps demo bench clean
+.PHONY: build test deps demo bench bench-peering clean
 
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
@@ -33,6 +33,13 @@ bench: deps
 	mkdir -p docs/benchmarks
 	$(SCRATCH)/release/cxl-bmc-bench --runs 50000 | tee docs/benchmarks/programs.txt
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
+	$(MAKE) bench-peering SCRATCH=$(SCRATCH)
+
+# Peering transport: remote get p50/p99 over loopback TCP, 100-key multi-get vs 100 single gets.
+bench-peering:
+	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product peering-bench
+	mkdir -p docs/benchmarks
+	$(SCRATCH)/release/peering-bench | tee docs/benchmarks/peering.md
 
 clean:
 	rm -rf $(SCRATCH)

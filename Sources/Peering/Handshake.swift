@@ -32,7 +32,7 @@ public enum Handshake {
         var bytes = Array("\(context) \(role)".utf8)
         bytes += serverNonce
         bytes += clientNonce
-        for id in [client, server] { withUnsafeBytes(of: UInt64(id).bigEndian) { bytes += $0 } }
+        for id in [client, server] { withUnsafeBytes(of: UInt64(truncatingIfNeeded: id).bigEndian) { bytes += $0 } }
         return bytes
     }
 

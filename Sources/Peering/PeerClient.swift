@@ -1,6 +1,10 @@
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A connection to one peer's meta-protocol server: connects on demand, authenticates (unless the
 /// peer is a plain memcached, `psk == nil`), pipelines requests, batches multi-gets.
 ///
@@ -351,7 +355,7 @@ public final class PeerClient: @unchecked Sendable {
                     if generation != self.generation || self.isShutDown { channel.close(promise: nil) }
                 case .failure(let error):
                     guard generation == self.generation else { return }
-                    let reason = (error as? ChannelError).map { "\($0)" } ?? "\(error)"
+                    let reason = describeConnectError(error)
                     if case ChannelError.connectTimeout = error {
                         self.connectFailed(.timedOut(peer: self.name, what: "connect",
                                                      milliseconds: Int(connectTimeout.nanoseconds / 1_000_000)))
@@ -435,7 +439,7 @@ public final class PeerClient: @unchecked Sendable {
                     unit.collected.append(response)
                 }
             } else {
-                if let opaque = response.flag("O"), opaque != String(unit.id) {
+                if !response.isError, let opaque = response.flag("O"), opaque != String(unit.id) {
                     dropConnection(.protocolViolation(peer: name, reason: "reply for opaque \(opaque), expected \(unit.id)"))
                     return
                 }
@@ -521,6 +525,18 @@ public final class PeerClient: @unchecked Sendable {
         for promise in readyWaiters { promise.fail(error) }
         readyWaiters.removeAll()
     }
+}
+
+/// "Connection refused" rather than NIO's nested description.
+func describeConnectError(_ error: any Error) -> String {
+    if let connection = error as? NIOConnectionError {
+        if let first = connection.connectionErrors.first { return describeConnectError(first.error) }
+        if connection.dnsAError != nil || connection.dnsAAAAError != nil {
+            return "cannot resolve \(connection.host)"
+        }
+    }
+    if let io = error as? IOError { return String(cString: strerror(io.errnoCode)) }
+    return "\(error)"
 }
 
 /// Forwards one connection's events to its ``PeerClient`` (same event loop).

@@ -220,7 +220,7 @@ final class PeerServerHandler: ChannelInboundHandler {
     private func authenticate(context: ChannelHandlerContext, tokens: [String], serverNonce: [UInt8]) {
         let config = server.configuration
         guard let psk = config.psk else { return }
-        guard tokens.count == 3, let client = Int(tokens[0]), let clientNonce = Hex.decode(tokens[1]),
+        guard tokens.count == 3, let client = Int(tokens[0]), client >= 0, let clientNonce = Hex.decode(tokens[1]),
               clientNonce.count == Handshake.nonceLength, let tag = Hex.decode(tokens[2]) else {
             server.stats.withLock { $0.authenticationFailures += 1 }
             reject(context: context, line: "CLIENT_ERROR malformed AU")

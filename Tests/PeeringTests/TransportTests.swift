@@ -197,6 +197,7 @@ extension PeeringTests {
                 ("bare newline", bytes("AU\n"), "CLIENT_ERROR line not terminated by \\r\\n"),
                 ("endless line", [UInt8](repeating: 0x41, count: 5000), "CLIENT_ERROR line longer than 2048 bytes"),
                 ("malformed AU", bytes("AU zero nonce tag\r\n"), "CLIENT_ERROR malformed AU"),
+            ("negative node id", bytes("AU -1 \(String(repeating: "ab", count: 32)) 00\r\n"), "CLIENT_ERROR malformed AU"),
             ]
             for (name, payload, expected) in cases {
                 let socket = try RawSocket(port: server.port!)
@@ -229,7 +230,39 @@ extension PeeringTests {
             #expect(try await client.get(bytes("survivor"))?.value == bytes("ok"))
             // 3 unframeable lines before AU, 5 after; the 2 others before AU are authentication failures.
             #expect(server.statistics.protocolErrors == 8)
-            #expect(server.statistics.authenticationFailures == 2)
+            #expect(server.statistics.authenticationFailures == 3)
+        }
+
+        @Test("random lines and bytes, before and after authentication, never stop the server")
+        func fuzz() async throws {
+            let server = try await startServer { $0.maxValueSize = 4096 }
+            let client = makeClient(port: server.port!)
+            defer { Task { await client.shutdown(); try? await server.close() } }
+            _ = try await client.set(bytes("survivor"), value: bytes("ok"))
+            var rng = SplitMix(seed: 42)
+            let words = ["mg", "ms", "md", "mn", "AU", "VA", "-1", "0", "99999999999999999999", "b", "q", "v", "k",
+                         "O", "T-5", "Mx", "MS", "C18446744073709551615", "F-1", "=", "Zg==", "\u{7f}"]
+            for round in 0..<120 {
+                // Short reads: a quiet miss or an incomplete command legitimately gets no reply.
+                let socket = round % 2 == 0 ? try RawSocket(port: server.port!, receiveTimeoutMilliseconds: 100)
+                    : try authenticatedSocket(port: server.port!, receiveTimeoutMilliseconds: 100)
+                var payload: [UInt8] = []
+                for _ in 0..<Int(rng.next() % 4 + 1) {
+                    if rng.next() % 3 == 0 {
+                        payload += (0..<Int(rng.next() % 40)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                    } else {
+                        let count = Int(rng.next() % 6) + 1
+                        payload += bytes((0..<count).map { _ in words[Int(rng.next() % UInt64(words.count))] }
+                            .joined(separator: " ") + "\r\n")
+                    }
+                }
+                socket.send(payload)
+                _ = socket.readLine()
+            }
+            #expect(try await client.get(bytes("survivor"))?.value == bytes("ok"))
+            let fresh = makeClient(port: server.port!)
+            #expect(try await fresh.get(bytes("survivor"))?.value == bytes("ok"))
+            await fresh.shutdown()
         }
 
         @Test("half-open connections time out on the server; the server keeps serving")
@@ -364,8 +397,8 @@ extension PeeringTests {
 }
 
 /// A raw socket past the handshake, as node 0.
-func authenticatedSocket(port: Int) throws -> RawSocket {
-    let socket = try RawSocket(port: port)
+func authenticatedSocket(port: Int, receiveTimeoutMilliseconds: Int = 3000) throws -> RawSocket {
+    let socket = try RawSocket(port: port, receiveTimeoutMilliseconds: receiveTimeoutMilliseconds)
     guard let hello = socket.readLine(), let nonce = Hex.decode(String(hello.split(separator: " ")[2])) else {
         throw PeerError.protocolViolation(peer: "test", reason: "no hello")
     }
