@@ -153,19 +153,19 @@ struct MetaResponseDecoder: ByteToMessageDecoder {
 /// The line at the reader index without its `\r\n` and the bytes it spans with it; nil if
 /// incomplete. Lines must end in `\r\n`, hold printable ASCII, and fit `maxLineLength`.
 func peekLine(_ buffer: ByteBuffer, maxLineLength: Int) throws -> (Substring, Int)? {
-    let view = buffer.readableBytesView
-    guard let newline = view.firstIndex(of: 0x0a) else {
-        if view.count > maxLineLength { throw MetaFramingError("line longer than \(maxLineLength) bytes") }
-        return nil
+    try buffer.withUnsafeReadableBytes { bytes throws(MetaFramingError) -> (Substring, Int)? in
+        guard let newline = bytes.firstIndex(of: 0x0a) else {
+            if bytes.count > maxLineLength { throw MetaFramingError("line longer than \(maxLineLength) bytes") }
+            return nil
+        }
+        if newline > maxLineLength { throw MetaFramingError("line longer than \(maxLineLength) bytes") }
+        guard newline > 0, bytes[newline - 1] == 0x0d else { throw MetaFramingError("line not terminated by \\r\\n") }
+        let line = UnsafeRawBufferPointer(rebasing: bytes[..<(newline - 1)])
+        guard line.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
+            throw MetaFramingError("control or non-ASCII bytes in a command line")
+        }
+        return (Substring(String(decoding: line, as: UTF8.self)), newline + 1)
     }
-    let length = newline - view.startIndex
-    if length > maxLineLength { throw MetaFramingError("line longer than \(maxLineLength) bytes") }
-    guard length > 0, view[newline - 1] == 0x0d else { throw MetaFramingError("line not terminated by \\r\\n") }
-    let bytes = view[view.startIndex..<(newline - 1)]
-    guard bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
-        throw MetaFramingError("control or non-ASCII bytes in a command line")
-    }
-    return (Substring(String(decoding: bytes, as: UTF8.self)), length + 1)
 }
 
 /// What a peer sends the server: the handshake answer or a command.
