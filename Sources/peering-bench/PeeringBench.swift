@@ -41,7 +41,8 @@ struct PeeringBench: AsyncParsableCommand {
 
         print("# Peering transport benchmark\n")
         print("`peering-bench --gets \(gets) --rounds \(rounds) --value-size \(valueSize)` (release build), "
-            + "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(Date()).\n")
+            + "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(Date()), load average at start "
+            + "\(loadAverage()) (the machine may be shared: figures are noisy).\n")
         print("Client and server are in one process on \(sharedLoop ? "one event-loop thread" : "separate event-loop threads"), over loopback TCP; "
             + "each figure includes the async/await hop into the client's event loop. "
             + "The veth (network namespace) variant and the direct-read (PGAS) path are not measured yet.\n")
@@ -118,6 +119,11 @@ struct PeeringBench: AsyncParsableCommand {
             p50: latencies[latencies.count / 2], p99: latencies[latencies.count * 99 / 100],
             mean: latencies.reduce(0, +) / Double(latencies.count),
             batch: median(batch), sequential: median(sequential), concurrent: median(concurrent))
+    }
+
+    func loadAverage() -> String {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return "?" }
+        return text.split(separator: " ").prefix(3).joined(separator: " ")
     }
 
     enum BenchError: Error { case miss, memcachedDidNotStart }

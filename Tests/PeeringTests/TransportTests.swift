@@ -32,6 +32,20 @@ extension PeeringTests {
             try await client.noop()
         }
 
+        @Test("IPv6: a server on ::1 and a client to [::1]")
+        func ipv6() async throws {
+            let server = try await PeerServer.start(
+                host: "::1", port: 0, store: InMemoryStore(),
+                configuration: PeerServer.Configuration(localNodeID: 1, psk: testPSK), group: group)
+            let client = PeerClient(address: PeerAddress(host: "::1", port: server.port!),
+                                    configuration: PeerClient.Configuration(localNodeID: 0, peerNodeID: 1, psk: testPSK),
+                                    eventLoop: group.next())
+            _ = try await client.set(bytes("six"), value: bytes("v6"))
+            #expect(try await client.get(bytes("six"))?.value == bytes("v6"))
+            await client.shutdown()
+            try await server.close()
+        }
+
         @Test("CAS, add/replace/append/prepend, delete")
         func writeModes() async throws {
             let server = try await startServer()
