@@ -35,11 +35,12 @@ bench: deps
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
 	$(MAKE) bench-peering SCRATCH=$(SCRATCH)
 
-# Peering transport: remote get p50/p99 over loopback TCP, 100-key multi-get vs 100 single gets.
+# Peering transport: remote get p50/p99 over loopback TCP and over a veth pair into a netns (root),
+# 100-key multi-get vs 100 single gets.
 bench-peering:
 	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product peering-bench
 	mkdir -p docs/benchmarks
-	$(SCRATCH)/release/peering-bench | tee docs/benchmarks/peering.md
+	$(SCRATCH)/release/peering-bench --veth | tee docs/benchmarks/peering.md
 
 clean:
 	rm -rf $(SCRATCH)

@@ -28,10 +28,27 @@ struct PeeringBench: AsyncParsableCommand {
     @Flag(help: "Run client and server on one event-loop thread (fewer cross-thread wake-ups on a small machine).")
     var sharedLoop = false
 
+    @Flag(help: "Also measure a PeerServer in a network namespace over a veth pair (root; the namespace and the pair are created and removed by this run).")
+    var veth = false
+
+    @Option(help: ArgumentHelp("Serve on IPV4:PORT until killed (what --veth runs inside the namespace).", valueName: "IPV4:PORT"))
+    var serve: String?
+
+    static let psk = try! PreSharedKey("bench-key-0123456789abcdef")
+
     func run() async throws {
+        if let serve {
+            let parts = serve.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--serve IPV4:PORT") }
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            _ = try await PeerServer.start(host: String(parts[0]), port: port, store: InMemoryStore(),
+                                           configuration: PeerServer.Configuration(localNodeID: 1, psk: Self.psk),
+                                           group: group)
+            while true { try await Task.sleep(for: .seconds(3600)) }
+        }
         let serverGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let clientGroup = sharedLoop ? serverGroup : MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let psk = try PreSharedKey("bench-key-0123456789abcdef")
+        let psk = Self.psk
         let server = try await PeerServer.start(
             host: "127.0.0.1", port: 0, store: InMemoryStore(),
             configuration: PeerServer.Configuration(localNodeID: 1, psk: psk), group: serverGroup)
@@ -45,7 +62,8 @@ struct PeeringBench: AsyncParsableCommand {
             + "\(loadAverage()) (the machine may be shared: figures are noisy).\n")
         print("Client and server are in one process on \(sharedLoop ? "one event-loop thread" : "separate event-loop threads"), over loopback TCP; "
             + "each figure includes the async/await hop into the client's event loop. "
-            + "The veth (network namespace) variant and the direct-read (PGAS) path are not measured yet.\n")
+            + "With --veth, a second server runs in its own network namespace behind a veth pair. "
+            + "The direct-read (PGAS) path needs CXLTier and is not measured yet.\n")
         print("| target | single get p50 | p99 | mean | 100-key multi-get (median) | 100 single gets, sequential (median) | ratio | 100 single gets, concurrent (median) |")
         print("|---|---|---|---|---|---|---|---|")
         let ours = try await measure(client: client)
@@ -62,6 +80,24 @@ struct PeeringBench: AsyncParsableCommand {
             let figures = try await measure(client: plain)
             print(figures.row(name: "memcached 1.6 (meta protocol, no auth)"))
             await plain.shutdown()
+        }
+        if veth {
+            do {
+                let testbed = try VethTestbed()
+                defer { testbed.remove() }
+                let port = 7400
+                let server = try testbed.spawn([CommandLine.arguments[0], "--serve", "\(testbed.innerAddress):\(port)"])
+                defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+                guard waitForPort(host: testbed.innerAddress, port: port) else { throw BenchError.serverDidNotStart }
+                let remote = PeerClient(address: PeerAddress(host: testbed.innerAddress, port: port),
+                                        configuration: PeerClient.Configuration(localNodeID: 0, peerNodeID: 1, psk: psk),
+                                        eventLoop: clientGroup.next())
+                let figures = try await measure(client: remote)
+                print(figures.row(name: "PeerServer in a netns over veth (PSK auth)"))
+                await remote.shutdown()
+            } catch {
+                print("| PeerServer in a netns over veth | not measured: \(error) | | | | | | |")
+            }
         }
         print("\nratio = 100 sequential single gets ÷ one 100-key multi-get (higher is better for batching).")
         if !sharedLoop { try await clientGroup.shutdownGracefully() }
@@ -126,7 +162,89 @@ struct PeeringBench: AsyncParsableCommand {
         return text.split(separator: " ").prefix(3).joined(separator: " ")
     }
 
-    enum BenchError: Error { case miss, memcachedDidNotStart }
+    enum BenchError: Error { case miss, memcachedDidNotStart, serverDidNotStart, command(String) }
+
+    /// A network namespace and a veth pair: `pb<pid>a` (10.251.N.1/30) here, `pb<pid>b` (10.251.N.2/30) inside.
+    final class VethTestbed {
+        let namespace: String
+        let outer: String
+        let inner: String
+        let outerAddress: String
+        let innerAddress: String
+        static let ip = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip"
+
+        init() throws {
+            let pid = getpid()
+            namespace = "pbench\(pid)"
+            outer = "pb\(pid)a"
+            inner = "pb\(pid)b"
+            let subnet = Int(pid) % 60 * 4
+            outerAddress = "10.251.\(subnet / 256).\(subnet % 256 + 1)"
+            innerAddress = "10.251.\(subnet / 256).\(subnet % 256 + 2)"
+            do {
+                try Self.run(["netns", "add", namespace])
+                try Self.run(["link", "add", outer, "type", "veth", "peer", "name", inner])
+                try Self.run(["link", "set", inner, "netns", namespace])
+                try Self.run(["addr", "add", "\(outerAddress)/30", "dev", outer])
+                try Self.run(["link", "set", outer, "up"])
+                try Self.run(["-n", namespace, "addr", "add", "\(innerAddress)/30", "dev", inner])
+                try Self.run(["-n", namespace, "link", "set", inner, "up"])
+                try Self.run(["-n", namespace, "link", "set", "lo", "up"])
+            } catch {
+                remove()
+                throw error
+            }
+        }
+
+        /// Runs `arguments` inside the namespace (`ip netns exec` execs, so the pid is the program's).
+        func spawn(_ arguments: [String]) throws -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.ip)
+            process.arguments = ["netns", "exec", namespace] + arguments
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+
+        func remove() {
+            try? Self.run(["link", "del", outer])
+            try? Self.run(["netns", "del", namespace])
+        }
+
+        static func run(_ arguments: [String]) throws {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ip)
+            process.arguments = arguments
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                throw BenchError.command("ip \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+            }
+        }
+    }
+
+    /// Polls a TCP connect to an IPv4 address for up to 5 s.
+    func waitForPort(host: String, port: Int) -> Bool {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr(host)
+        for _ in 0..<250 {
+            let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            close(probe)
+            if connected == 0 { return true }
+            usleep(20_000)
+        }
+        return false
+    }
 
     final class MemcachedProcess {
         let process: Process
