@@ -126,6 +126,10 @@ final class PeerServerHandler: ChannelInboundHandler {
     private var counted = false
     private var handshakeTimer: Scheduled<Void>?
     private var peerDescription = "?"
+    /// Replies to the commands of the current read, written as one buffer at read-complete (or
+    /// when it passes 64 KiB), and how many commands they answer.
+    private var pending: ByteBuffer?
+    private var pendingCommands = 0
 
     init(server: PeerServer) { self.server = server }
 
@@ -189,14 +193,27 @@ final class PeerServerHandler: ChannelInboundHandler {
                 server.stats.withLock { $0.protocolErrors += 1 }
                 reject(context: context, line: "CLIENT_ERROR unexpected AU")
             case .command(let request):
-                server.stats.withLock { $0.commands += 1 }
+                pendingCommands += 1
                 execute(request, context: context)
             }
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        writePending(context: context)
         context.flush()
+    }
+
+    private func writePending(context: ChannelHandlerContext) {
+        if pendingCommands > 0 {
+            let count = pendingCommands
+            pendingCommands = 0
+            server.stats.withLock { $0.commands += count }
+        }
+        if let buffer = pending, buffer.readableBytes > 0 {
+            pending = nil
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -243,14 +260,17 @@ final class PeerServerHandler: ChannelInboundHandler {
     }
 
     private func execute(_ request: MetaRequest, context: ChannelHandlerContext) {
-        var out = context.channel.allocator.buffer(capacity: 64)
+        var out = pending ?? context.channel.allocator.buffer(capacity: 4096)
+        pending = nil
+        let mark = out.writerIndex
         do {
             try respond(to: request, into: &out)
         } catch {
-            out.clear()
+            out.moveWriterIndex(to: mark)
             out.writeString("CLIENT_ERROR \(error.reason)\r\n")
         }
-        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+        pending = out
+        if out.readableBytes >= 65536 { writePending(context: context) }
     }
 
     /// Flags copied back as memcached does: `O`, `k` (and `b` with a base64 key).
@@ -370,6 +390,7 @@ final class PeerServerHandler: ChannelInboundHandler {
 
     /// One error line, then close: the stream can no longer be trusted.
     private func reject(context: ChannelHandlerContext, line: String) {
+        writePending(context: context)
         handshakeTimer?.cancel()
         state = .closing
         var buffer = context.channel.allocator.buffer(capacity: line.utf8.count + 2)
