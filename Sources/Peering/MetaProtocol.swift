@@ -21,9 +21,9 @@ public struct MetaFlag: Equatable, Sendable {
         self.token = token
     }
 
-    init(raw: Substring) {
-        letter = raw.utf8.first!
-        token = String(raw.dropFirst())
+    init(letter: UInt8, token: String) {
+        self.letter = letter
+        self.token = token
     }
 
     public var character: Character { Character(Unicode.Scalar(letter)) }
@@ -50,9 +50,9 @@ public struct MetaResponse: Equatable, Sendable {
     public var line: String { ([code] + tokens).joined(separator: " ") }
 
     /// The token of flag `letter` (`c` → the CAS digits), if the reply carries it.
-    public func flag(_ letter: Character) -> String? {
-        let byte = letter.asciiValue!
-        return tokens.first { $0.utf8.first == byte }.map { String($0.dropFirst()) }
+    public func flag(_ letter: Unicode.Scalar) -> String? {
+        let byte = UInt8(ascii: letter)
+        return tokens.first { $0.utf8.first == byte }.map { String(decoding: $0.utf8.dropFirst(), as: UTF8.self) }
     }
 }
 
@@ -119,28 +119,28 @@ struct MetaResponseDecoder: ByteToMessageDecoder {
     /// One response, or nil when more bytes are needed (the buffer is then left as it was).
     static func parse(_ buffer: inout ByteBuffer, maxLineLength: Int, maxValueSize: Int) throws -> MetaResponse? {
         guard let (line, lineLength) = try peekLine(buffer, maxLineLength: maxLineLength) else { return nil }
-        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        let words = splitWords(line)
         guard let first = words.first else { throw MetaFramingError("empty reply line") }
-        let code = String(first)
+        let code = String(decoding: first, as: UTF8.self)
         if code == "CLIENT_ERROR" || code == "SERVER_ERROR" {
             buffer.moveReaderIndex(forwardBy: lineLength)
-            let rest = line.dropFirst(code.count).trimmingSpaces
+            let rest = String(decoding: line[first.endIndex...], as: UTF8.self).trimmingSpaces
             return MetaResponse(code: code, tokens: rest.isEmpty ? [] : [rest])
         }
-        var tokens = words.dropFirst().map(String.init)
+        var tokens = words.dropFirst().map { String(decoding: $0, as: UTF8.self) }
         guard code == "VA" else {
             buffer.moveReaderIndex(forwardBy: lineLength)
             return MetaResponse(code: code, tokens: tokens)
         }
-        guard let sizeToken = tokens.first, let size = Int(sizeToken), size >= 0 else {
-            throw MetaFramingError("VA without a valid size: '\(line)'")
+        guard words.count >= 2, let size = parseDecimal(words[1]) else {
+            throw MetaFramingError("VA without a valid size: '\(String(decoding: line, as: UTF8.self))'")
         }
         guard size <= maxValueSize else {
             throw MetaFramingError("VA of \(size) bytes exceeds the limit of \(maxValueSize)")
         }
         guard buffer.readableBytes >= lineLength + size + 2 else { return nil }
         let dataStart = buffer.readerIndex + lineLength
-        guard buffer.getBytes(at: dataStart + size, length: 2) == [0x0d, 0x0a] else {
+        guard buffer.getInteger(at: dataStart + size, as: UInt16.self) == 0x0d0a else {
             throw MetaFramingError("VA data block not terminated by \\r\\n")
         }
         let value = buffer.getBytes(at: dataStart, length: size)!
@@ -152,8 +152,8 @@ struct MetaResponseDecoder: ByteToMessageDecoder {
 
 /// The line at the reader index without its `\r\n` and the bytes it spans with it; nil if
 /// incomplete. Lines must end in `\r\n`, hold printable ASCII, and fit `maxLineLength`.
-func peekLine(_ buffer: ByteBuffer, maxLineLength: Int) throws -> (Substring, Int)? {
-    try buffer.withUnsafeReadableBytes { bytes throws(MetaFramingError) -> (Substring, Int)? in
+func peekLine(_ buffer: ByteBuffer, maxLineLength: Int) throws -> ([UInt8], Int)? {
+    try buffer.withUnsafeReadableBytes { bytes throws(MetaFramingError) -> ([UInt8], Int)? in
         guard let newline = bytes.firstIndex(of: 0x0a) else {
             if bytes.count > maxLineLength { throw MetaFramingError("line longer than \(maxLineLength) bytes") }
             return nil
@@ -164,8 +164,25 @@ func peekLine(_ buffer: ByteBuffer, maxLineLength: Int) throws -> (Substring, In
         guard line.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
             throw MetaFramingError("control or non-ASCII bytes in a command line")
         }
-        return (Substring(String(decoding: line, as: UTF8.self)), newline + 1)
+        return (Array(line), newline + 1)
     }
+}
+
+/// The space-separated words of a line (bytes, not Strings: Swift's String indexing is far too
+/// slow for a per-command path).
+func splitWords(_ line: [UInt8]) -> [ArraySlice<UInt8>] {
+    line.split(separator: 0x20, omittingEmptySubsequences: true)
+}
+
+/// A non-negative decimal of at most 18 digits.
+func parseDecimal(_ digits: ArraySlice<UInt8>) -> Int? {
+    guard !digits.isEmpty, digits.count <= 18 else { return nil }
+    var value = 0
+    for d in digits {
+        guard d >= 0x30 && d <= 0x39 else { return nil }
+        value = value * 10 + Int(d - 0x30)
+    }
+    return value
 }
 
 /// What a peer sends the server: the handshake answer or a command.
@@ -184,8 +201,8 @@ struct MetaRequest: Equatable {
     var flags: [MetaFlag]
     var value: [UInt8]?
 
-    func has(_ letter: Character) -> Bool { flags.contains { $0.letter == letter.asciiValue! } }
-    func token(_ letter: Character) -> String? { flags.first { $0.letter == letter.asciiValue! }?.token }
+    func has(_ letter: Unicode.Scalar) -> Bool { flags.contains { $0.letter == UInt8(ascii: letter) } }
+    func token(_ letter: Unicode.Scalar) -> String? { flags.first { $0.letter == UInt8(ascii: letter) }?.token }
 }
 
 /// Server side: bytes → ``MetaRequestFrame``. Anything it cannot frame is a ``MetaFramingError``.
@@ -210,14 +227,19 @@ struct MetaRequestDecoder: ByteToMessageDecoder {
 
     static func parse(_ buffer: inout ByteBuffer, maxLineLength: Int, maxValueSize: Int) throws -> MetaRequestFrame? {
         guard let (line, lineLength) = try peekLine(buffer, maxLineLength: maxLineLength) else { return nil }
-        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        let words = splitWords(line)
         guard let first = words.first else { throw MetaFramingError("empty command line") }
-        if first == "AU" {
+        if first.elementsEqual("AU".utf8) {
             buffer.moveReaderIndex(forwardBy: lineLength)
-            return .auth(words.dropFirst().map(String.init))
+            return .auth(words.dropFirst().map { String(decoding: $0, as: UTF8.self) })
         }
-        guard let command = MetaRequest.Command(rawValue: String(first)) else {
-            throw MetaFramingError("unknown command '\(first.prefix(16))'")
+        let command: MetaRequest.Command
+        switch (first.count, first.first, first.last) {
+        case (2, UInt8(ascii: "m"), UInt8(ascii: "g")): command = .mg
+        case (2, UInt8(ascii: "m"), UInt8(ascii: "s")): command = .ms
+        case (2, UInt8(ascii: "m"), UInt8(ascii: "d")): command = .md
+        case (2, UInt8(ascii: "m"), UInt8(ascii: "n")): command = .mn
+        default: throw MetaFramingError("unknown command '\(String(decoding: first.prefix(16), as: UTF8.self))'")
         }
         if command == .mn {
             guard words.count == 1 else { throw MetaFramingError("mn takes no arguments") }
@@ -225,36 +247,37 @@ struct MetaRequestDecoder: ByteToMessageDecoder {
             return .command(MetaRequest(command: .mn, keyToken: "", key: [], flags: []))
         }
         guard words.count >= 2 else { throw MetaFramingError("\(command) without a key") }
-        let keyToken = String(words[1])
+        let keyBytes = words[1]
         var rest = words.dropFirst(2)
         var size: Int?
         if command == .ms {
-            guard let token = rest.first, let n = Int(token), n >= 0 else {
+            guard let token = rest.first, let n = parseDecimal(token) else {
                 throw MetaFramingError("ms without a valid data length")
             }
             guard n <= maxValueSize else { throw MetaFramingError("value of \(n) bytes exceeds the limit of \(maxValueSize)") }
             size = n
             rest = rest.dropFirst()
         }
-        let flags = rest.map { MetaFlag(raw: $0) }
+        let flags = rest.map { MetaFlag(letter: $0.first!, token: String(decoding: $0.dropFirst(), as: UTF8.self)) }
+        guard keyBytes.count <= MetaLimits.maxKeyLength else {
+            throw MetaFramingError(flags.contains { $0.letter == UInt8(ascii: "b") } ? "key is not valid base64"
+                                   : "key longer than \(MetaLimits.maxKeyLength) bytes")
+        }
+        let keyToken = String(decoding: keyBytes, as: UTF8.self)
         let key: [UInt8]
         if flags.contains(where: { $0.letter == UInt8(ascii: "b") }) {
-            guard keyToken.utf8.count <= MetaLimits.maxKeyLength, let decoded = Base64.decode(keyToken),
-                  !decoded.isEmpty else {
+            guard let decoded = Base64.decode(keyToken), !decoded.isEmpty else {
                 throw MetaFramingError("key is not valid base64")
             }
             key = decoded
         } else {
-            guard keyToken.utf8.count <= MetaLimits.maxKeyLength else {
-                throw MetaFramingError("key longer than \(MetaLimits.maxKeyLength) bytes")
-            }
-            key = Array(keyToken.utf8)
+            key = Array(keyBytes)
         }
         var value: [UInt8]?
         if let size {
             guard buffer.readableBytes >= lineLength + size + 2 else { return nil }
             let dataStart = buffer.readerIndex + lineLength
-            guard buffer.getBytes(at: dataStart + size, length: 2) == [0x0d, 0x0a] else {
+            guard buffer.getInteger(at: dataStart + size, as: UInt16.self) == 0x0d0a else {
                 throw MetaFramingError("data block not terminated by \\r\\n")
             }
             value = buffer.getBytes(at: dataStart, length: size)
@@ -269,7 +292,10 @@ struct MetaRequestDecoder: ByteToMessageDecoder {
 /// Encodes requests into a buffer (client side).
 enum MetaEncoder {
     static func line(_ parts: [String], into buffer: inout ByteBuffer) {
-        buffer.writeString(parts.joined(separator: " "))
+        for (index, part) in parts.enumerated() {
+            if index > 0 { buffer.writeInteger(UInt8(ascii: " ")) }
+            buffer.writeString(part)
+        }
         buffer.writeStaticString("\r\n")
     }
 

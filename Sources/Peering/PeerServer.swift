@@ -298,11 +298,11 @@ final class PeerServerHandler: ChannelInboundHandler {
             }
             var flags: [String] = []
             for flag in request.flags {
-                switch flag.character {
-                case "f": flags.append("f\(item.flags)")
-                case "c": flags.append("c\(item.cas)")
-                case "s": flags.append("s\(item.value.count)")
-                case "t": flags.append(item.expiresAt == 0 ? "t-1" : "t\(max(0, item.expiresAt - currentUnixTime()))")
+                switch flag.letter {
+                case UInt8(ascii: "f"): flags.append("f\(item.flags)")
+                case UInt8(ascii: "c"): flags.append("c\(item.cas)")
+                case UInt8(ascii: "s"): flags.append("s\(item.value.count)")
+                case UInt8(ascii: "t"): flags.append(item.expiresAt == 0 ? "t-1" : "t\(max(0, item.expiresAt - currentUnixTime()))")
                 default: break
                 }
             }
@@ -373,8 +373,7 @@ final class PeerServerHandler: ChannelInboundHandler {
     }
 
     private func line(_ parts: [String], into out: inout ByteBuffer) {
-        out.writeString(parts.joined(separator: " "))
-        out.writeStaticString("\r\n")
+        MetaEncoder.line(parts, into: &out)
     }
 
     private func send(context: ChannelHandlerContext, _ text: String, flush: Bool) {
