@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI",
+                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -51,6 +51,15 @@ let package = Package(
         // build-id debug files, or a shipped offset table checked against the
         // functions' prologue bytes.
         .target(name: "ProbeTargets", resources: [.copy("Offsets")]),
+
+        // Uprobes on vanilla memcached (bpf/uprobe): targets, attach, typed events.
+        .target(
+            name: "MemcachedProbes",
+            dependencies: [
+                "Loader", "ProbeTargets", "CXLBMCABI", "MemcacheClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
@@ -76,5 +85,6 @@ let package = Package(
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
+        .testTarget(name: "MemcachedProbesTests", dependencies: ["MemcachedProbes", "Loader", "CXLBMCABI", "MemcacheClient"]),
     ]
 )

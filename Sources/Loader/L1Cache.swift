@@ -39,6 +39,7 @@ public struct L1Geometry: Sendable, Equatable, CustomStringConvertible {
     public var maxEntries: [(map: String, entries: UInt32)] {
         [
             (L1Names.setsMap, sets),
+            (L1Names.wgenMap, sets),
             (L1Names.smallMap, sets * UInt32(L1_SMALL_WAYS)),
             (L1Names.mediumMap, sets * UInt32(L1_MEDIUM_WAYS)),
             (L1Names.largeMap, sets * UInt32(L1_LARGE_WAYS)),

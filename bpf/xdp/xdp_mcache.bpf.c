@@ -352,9 +352,15 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 	 * seq, still VALID, after copying the block has a consistent copy. */
 	int way = -1;
 	__u32 seq = 0, blen = 0, hlen = 0, clen = 0;
-	__u32 gen = READ_ONCE(set->gen);
+	/* memcached's uprobes bump the set's write generation when it applies a
+	 * write: ways validated under an older one are not servable. */
+	__u32 *wgenp = bpf_map_lookup_elem(&mcache_wgen, &sidx);
+	__u32 wgen = wgenp ? READ_ONCE(*wgenp) : 0;
+	__u32 gen = READ_ONCE(set->gen) + wgen;
 	__u64 now = c->now;
 	for (int w = 0; w < L1_WAYS; w++) {
+		if (READ_ONCE(set->valid_wgen) != wgen)
+			break;
 		struct l1_way *wy = &set->ways[w];
 		if (READ_ONCE(wy->key_hash) != h)
 			continue;
