@@ -21,8 +21,10 @@ Procedure (docs/uprobe-targets.md, "Deriving a table for another build"):
 5. Accept only unique matches. Where several candidates match (e.g. two 5-byte `jmp T` thunks), a
    candidate is dropped if its call/jump targets contradict already accepted functions (target inside F
    must be at the same offset from S; a target in accepted function G must be at the same offset in G's
-   stripped copy) or if its start is already taken by another accepted function; repeated until nothing
-   changes. Finally every accepted match is re-checked against all others and dropped on a contradiction.
+   stripped copy) or if its start is already taken by another accepted function; if several are left, strong
+   starts (FDE, call target, function pointer) are preferred, then the one whose RIP-relative addresses agree
+   with those of accepted functions; repeated until nothing changes. Finally every accepted match is
+   re-checked against all others (code targets) and dropped on a contradiction.
 6. Global data addresses are read off RIP-relative references in matched functions: a data symbol is
    reported only if every reference to it in matched code points to the same stripped address.
 
@@ -406,8 +408,10 @@ class Matcher:
                 matches[f.start].append(s)
         return matches
 
-    def consistent(self, f, s, require_accepted=True):
-        """False if f at stripped start s contradicts an accepted function or f's own layout."""
+    def consistent(self, f, s, data=False):
+        """False if f at stripped start s contradicts an accepted function or f's own layout. With data=True
+        also if a RIP-relative address differs from the one all accepted functions agree on (only a tie-breaker:
+        with another link order merged strings and one-past-the-end pointers legitimately move)."""
         reb_insns = self.reb.insns[f.i:f.i + f.k]
         i = self.st.index[s]
         st_insns = self.st.insns[i:i + f.k]
@@ -429,6 +433,8 @@ class Matcher:
             gs = self.accepted.get(g.start)
             if gs is not None and ts != gs + (tr - g.start):
                 return False
+        if not data:
+            return True
         for ri, si in zip(reb_insns, st_insns):
             # a data (or code) address that accepted functions agree on must be the same here
             if ri.rip is None:
@@ -453,6 +459,7 @@ class Matcher:
         self.stats["unmatched"] = [f.name for f in self.funcs if not matches[f.start]]
         pending = {f.start: list(ms) for f, ms in ((f, matches[f.start]) for f in self.funcs) if ms}
         rounds = 0
+        rejected = []
         while True:
             rounds += 1
             progress = False
@@ -463,12 +470,17 @@ class Matcher:
                     strong = [s for s in live if s in self.strong]
                     if strong:
                         live = strong
+                if len(live) > 1:
+                    by_data = [s for s in live if self.consistent(f, s, data=True)]
+                    if len(by_data) == 1:
+                        live = by_data
                 if len(live) == 1:
                     self.accept(f, live[0])
                     del pending[fstart]
                     progress = True
                 elif not live:
                     del pending[fstart]
+                    rejected.append(f.name)
                 else:
                     pending[fstart] = live
             if not progress:
@@ -480,7 +492,7 @@ class Matcher:
                 dropped.append(self.by_start[fstart].name)
                 del self.accepted[fstart]
                 del self.taken[s]
-        self.stats.update(rounds=rounds, ambiguous=[self.by_start[a].name for a in pending], dropped=dropped,
+        self.stats.update(rounds=rounds, rejected=rejected, ambiguous=[self.by_start[a].name for a in pending], dropped=dropped,
                           seconds=time.time() - t0)
         return self.accepted
 
@@ -668,10 +680,11 @@ def main():
           f"instruction boundaries); stripped binary: {len(strong)} strong + {len(weak)} weak candidate starts; "
           f"matched {len(accepted)} functions ({matched_names} unique names), "
           f"{len(s['unmatched'])} without an identical match, {len(s['ambiguous'])} ambiguous, "
+          f"{len(s['rejected'])} whose matches all contradict accepted ones, "
           f"{len(s['dropped'])} dropped as inconsistent; {len(rows)} rows written; "
           f"{time.time() - t0:.1f} s", file=sys.stderr)
     if args.verbose:
-        for key in ("unmatched", "ambiguous", "dropped"):
+        for key in ("unmatched", "ambiguous", "rejected", "dropped"):
             if s[key]:
                 print(f"derive_offsets: {key}: {' '.join(sorted(s[key]))}", file=sys.stderr)
         if skipped:
