@@ -325,9 +325,7 @@ def rebuild_functions(elf, stream):
         syms.sort(key=lambda s: (s["bind"] != 1, s["name"]))
         names = [s["name"] for s in syms]
         i = stream.index.get(start)
-        j = stream.index.get(start + size) if start + size < stream.end_addr else len(stream.addrs)
-        if start + size == stream.end_addr:
-            j = len(stream.addrs)
+        j = len(stream.addrs) if start + size == stream.end_addr else stream.index.get(start + size)
         if i is None or j is None:
             skipped.append(names[0])
             continue
