@@ -155,7 +155,7 @@ EOF
     apt_update
     source_available || die "apt has no source package memcached $deb_version for $codename \
 (apt-cache showsrc memcached lists: $(apt-cache showsrc --only-source memcached 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ')). \
-If Debian has superseded it, add a deb-src line for snapshot.debian.org at the date of that upload."
+If Debian has superseded it, add a deb-src line for Debian's snapshot archive at the date of that upload."
 fi
 
 build_dir=$out_dir/build
