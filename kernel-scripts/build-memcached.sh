@@ -113,20 +113,7 @@ apt_update() {
     apt_updated=true
 }
 
-# ---- build dependencies (only the missing ones) ----
-build_packages=(gcc make libc6-dev dpkg-dev pkg-config libevent-dev libsasl2-dev libssl-dev)
-is_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
-missing=()
-for p in "${build_packages[@]}"; do is_installed "$p" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    apt_update
-    log "installing ${missing[*]}"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install ${missing[*]} failed"
-fi
-for p in "${build_packages[@]}"; do is_installed "$p" || die "package $p still missing"; done
-
-# ---- source package ----
+# ---- source package index (first, so that one apt-get update serves the installs too) ----
 source_available() {
     apt-cache showsrc --only-source memcached 2>/dev/null | grep -qx "Version: $deb_version"
 }
@@ -152,12 +139,27 @@ Components: main
 Signed-By: $keyring
 EOF
     fi
+    apt_updated=false # the lists predate the deb-src entry
     apt_update
     source_available || die "apt has no source package memcached $deb_version for $codename \
 (apt-cache showsrc memcached lists: $(apt-cache showsrc --only-source memcached 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ')). \
 If Debian has superseded it, add a deb-src line for Debian's snapshot archive at the date of that upload."
 fi
 
+# ---- build dependencies (only the missing ones) ----
+build_packages=(gcc make libc6-dev dpkg-dev pkg-config libevent-dev libsasl2-dev libssl-dev)
+is_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+missing=()
+for p in "${build_packages[@]}"; do is_installed "$p" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_update
+    log "installing ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || die "apt-get install ${missing[*]} failed"
+fi
+for p in "${build_packages[@]}"; do is_installed "$p" || die "package $p still missing"; done
+
+# ---- source package ----
 build_dir=$out_dir/build
 rm -rf "$build_dir"
 mkdir -p "$build_dir/download"
