@@ -188,10 +188,11 @@ if grep -qE '\$[({]|\\$' <<<"$rules_configure_args"; then
 fi
 read -r -a extra_args <<<"$rules_configure_args"
 
-export DEB_BUILD_MAINT_OPTIONS=$maint_options
-# dpkg-buildflags maps the build directory with -ffile-prefix-map=$PWD=., so it runs from $src.
-eval "$(dpkg-buildflags --export=sh)"
-unset DEB_BUILD_MAINT_OPTIONS
+# dpkg-buildflags maps the build directory with -ffile-prefix-map=$PWD=., so it runs from $src. It runs in an
+# empty environment so that a caller's DEB_BUILD_OPTIONS / DEB_CFLAGS_APPEND etc. cannot change the flags, and
+# the caller's compiler settings are dropped for the same reason.
+eval "$(env -i PATH="$PATH" DEB_BUILD_MAINT_OPTIONS="$maint_options" dpkg-buildflags --export=sh)"
+unset CC CPP LIBS CPATH C_INCLUDE_PATH LIBRARY_PATH GCC_EXEC_PREFIX COMPILER_PATH MAKEFLAGS MFLAGS
 SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -STimestamp)
 export SOURCE_DATE_EPOCH
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
