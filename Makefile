@@ -13,8 +13,11 @@ SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
 
+# Debian's packages, then Debian's memcached source rebuilt with symbols (cached under
+# /var/cache/cxl-bmc; the uprobe tests run against both builds).
 deps:
 	bash kernel-scripts/install-deps.sh
+	bash kernel-scripts/build-memcached.sh
 
 # The build comes first so that a compile error stops before any test runs; the tests find mc-load
 # and cxl-bmc next to the test binary.

@@ -83,8 +83,7 @@ let package = Package(
         ),
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
-        .testTarget(name: "MemcachedProbesTests", dependencies: ["MemcachedProbes", "Loader", "CXLBMCABI", "MemcacheClient"]),
     ]
 )

@@ -535,6 +535,9 @@ def parse_table(text, what):
                 for n, a in DATA_RE.findall(line):
                     data[n] = int(a, 16)
             continue
+        if len(tokens) >= 3 and "kind=data" in tokens[2:] and tokens[1].startswith("0x"):
+            data[tokens[0]] = int(tokens[1], 16)  # `name 0xVADDR [size=N] kind=data`
+            continue
         rest = " ".join(tokens[2:])
         m = re.fullmatch(r"size=\s*(\d+)\s+prologue=([0-9a-fA-F]+)", rest)
         if not tokens[1].startswith("0x") or not m:
@@ -663,6 +666,11 @@ def main():
     width = max([32] + [len(r[1]) + 1 for r in rows])
     for off, n, size, prologue in rows:
         lines.append(f"{n:<{width}} 0x{off:05x} size={size:5d} prologue={prologue}")
+    # The globals the probes read, as entries OffsetTable.swift resolves (kind=data: vaddr, no prologue).
+    for n in data_names:
+        if n in data:
+            addr, sym = data[n]
+            lines.append(f"{n:<{width}} 0x{addr:05x} size={sym['size']} kind=data")
     out = "\n".join(lines) + "\n"
     if args.output:
         tmp = args.output + ".tmp"
