@@ -262,6 +262,19 @@ public final class L1Cache {
         try configMap.update(UInt32(0), config)
     }
 
+    /// Whether ingress tracks memcached's writes itself (off once memcached's
+    /// uprobes report them exactly: `L1_CFG_PROBE_WRITES`).
+    public func setWritesTrackedByProbes(_ probes: Bool) throws {
+        let configMap = try map(L1Names.configMap)
+        guard var config = try configMap.lookup(UInt32(0), as: l1_config.self) else { return }
+        if probes {
+            config.flags |= UInt32(L1_CFG_PROBE_WRITES)
+        } else {
+            config.flags &= ~UInt32(L1_CFG_PROBE_WRITES)
+        }
+        try configMap.update(UInt32(0), config)
+    }
+
     /// Deletes `mcache_conns` entries idle for longer than `idle`: the release
     /// of last resort for writes whose reply egress never saw. Returns how
     /// many were deleted.

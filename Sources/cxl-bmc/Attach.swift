@@ -1,7 +1,10 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import Loader
 import Logging
+import MemcachedProbes
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -60,9 +63,20 @@ struct Attach: ParsableCommand {
     @Flag(help: "On exit, keep the pins (and hand-added egress filters): a restart reuses the maps, and a hand-added filter keeps filling them.")
     var keepPins = false
 
+    @OptionGroup var memcached: MemcachedTargetOptions
+
+    @Flag(help: "With --memcached/--pid: print memcached's events as they happen (as `cxl-bmc events` does).")
+    var trace = false
+
+    @Flag(help: "With --memcached/--pid: keep parsing writes at ingress too (by default the uprobes alone invalidate L1, exactly, and TCP traffic skips the parser).")
+    var wireWrites = false
+
     @OptionGroup var pins: PinOptions
 
     func validate() throws {
+        if (trace || wireWrites) && !memcached.given {
+            throw ValidationError("\(trace ? "--trace" : "--wire-writes") needs --memcached PATH or --pid PID")
+        }
         let maxEntries = Int(L1Geometry.maxSets) * 8
         guard l1Entries > 0, l1Entries <= maxEntries else {
             throw ValidationError("--l1-entries must be between 1 and \(maxEntries)")
@@ -84,6 +98,20 @@ struct Attach: ParsableCommand {
                 tcAttach: tcAttach, xdpMode: xdpMode.request,
                 unknownTTL: .nanoseconds(Int64(unknownTTL * 1e9)))
             report(cache)
+            if memcached.given {
+                // The probes bump L1's write generations at the moment memcached applies a write.
+                let probes: MemcachedProbes
+                do {
+                    probes = try memcached.attach(l1PinDirectory: cache.pinDirectory)
+                } catch {
+                    try? cache.detach(keepPins: keepPins)
+                    throw error
+                }
+                if !wireWrites { try cache.setWritesTrackedByProbes(true) }
+                print("uprobes: \(probes.probeCount) on \(probes.targets.binary) (\(probes.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
+                fflush(nil)
+                try daemon.attachProbes(probes, trace: trace)
+            }
             try daemon.run(cache)
         }
     }
@@ -131,6 +159,9 @@ final class Daemon: @unchecked Sendable {
     private var stopped = false
     private var missingTicks = 0
     private let logger = Logger(label: "cxl-bmc")
+    private var probes: MemcachedProbes?
+    private var eventDrain: Thread?
+    private let drainStop = StopFlag()
 
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
     init(keepPins: Bool) {
@@ -144,6 +175,37 @@ final class Daemon: @unchecked Sendable {
             source.resume()
             signalSources.append(source)
         }
+    }
+
+    /// Drains memcached's events on a thread of their own (printing them with
+    /// `trace`), so the ring buffer does not fill; losses are logged as they happen.
+    func attachProbes(_ probes: MemcachedProbes, trace: Bool) throws {
+        let reader = try probes.eventReader()
+        self.probes = probes
+        let stopFlag = drainStop
+        let logger = logger
+        // The reader and the probes' stats map are used by this thread alone
+        // until it stops; detach happens after stopFlag is set.
+        nonisolated(unsafe) let probesForThread = probes
+        nonisolated(unsafe) let readerForThread = reader
+        let thread = Thread {
+            let probes = probesForThread
+            let reader = readerForThread
+            var lostSeen: UInt64 = 0
+            while !stopFlag.isSet {
+                _ = try? reader.poll(timeoutMs: 100) { event in
+                    if trace { print(event.summary) }
+                }
+                if trace { fflush(nil) }
+                if let lost = try? probes.stats().lost, lost > lostSeen {
+                    logger.warning("\(lost - lostSeen) memcached events lost (ring buffer full); \(lost) in all")
+                    lostSeen = lost
+                }
+            }
+        }
+        thread.name = "cxl-bmc.events"
+        thread.start()
+        eventDrain = thread
     }
 
     /// Blocks until SIGINT/SIGTERM (then detaches `cache`) or until L1 is
@@ -203,11 +265,17 @@ final class Daemon: @unchecked Sendable {
             return
         }
         logger.info("signal \(signalNumber): detaching from \(cache.interface.name)\(keepPins ? ", keeping the pins" : "")")
+        // L1 goes first: while it serves, the probes must keep invalidating it.
         do {
             try cache.detach(keepPins: keepPins)
             print("detached L1 from \(cache.interface.name)\(keepPins ? " (pins kept in \(cache.pinDirectory))" : "")")
         } catch {
             result = error
+        }
+        if let probes {
+            drainStop.set()
+            probes.detach()
+            print("detached the uprobes from \(probes.targets.binary)")
         }
         finish()
     }
@@ -216,4 +284,11 @@ final class Daemon: @unchecked Sendable {
         stopped = true
         finished.signal()
     }
+}
+
+/// A one-way stop flag shared with the event-drain thread.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .acquiring) }
+    func set() { value.store(true, ordering: .releasing) }
 }

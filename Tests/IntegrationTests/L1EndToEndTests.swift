@@ -17,13 +17,16 @@ struct L1EndToEndTests {
 
     /// Runs `body` with memcached and cxl-bmc attached (XDP + TC egress) on the server veth;
     /// afterwards checks that SIGTERM detached everything and left memcached running.
-    static func withL1(_ body: (Testbed) throws -> Void) throws {
+    /// With `probes`, `attach --pid` puts memcached's uprobes in charge of invalidation (ingress
+    /// write parsing off).
+    static func withL1(probes: Bool = false, _ body: (Testbed) throws -> Void) throws {
         try Privilege.require()
         try Testbed.with { tb in
             let memcached = try tb.startMemcached(["-t", "2"])
             let log = OutputFile()
             let attach = try ChildProcess(
-                "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"],
+                "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"]
+                    + (probes ? ["--pid", String(memcached)] : []),
                 stdout: log.path, stderr: log.path)
             defer {
                 if !attach.hasExited { attach.signal(SIGKILL) }
@@ -35,6 +38,13 @@ struct L1EndToEndTests {
                 usleep(50_000)
             }
             guard try xdpAttached(tb) else { throw HarnessError("cxl-bmc did not attach: \(log.contents())") }
+            if probes {
+                while !log.contents().contains("uprobes:"), ContinuousClock.now < deadline {
+                    if attach.hasExited { throw HarnessError("cxl-bmc attach exited: \(log.contents())") }
+                    usleep(50_000)
+                }
+                guard log.contents().contains("uprobes:") else { throw HarnessError("no uprobes: \(log.contents())") }
+            }
 
             try body(tb)
 
@@ -44,6 +54,7 @@ struct L1EndToEndTests {
             #expect(try !xdpAttached(tb), "XDP program left on the interface after SIGTERM")
             #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after SIGTERM")
             #expect(kill(memcached, 0) == 0, "memcached must keep running")
+            if probes { #expect(log.contents().contains("detached the uprobes"), "\(log.contents())") }
         }
     }
 
@@ -199,6 +210,30 @@ struct L1EndToEndTests {
             #expect(!FileManager.default.fileExists(atPath: pin))
             let filters = try tb.runInServer("/sbin/tc", ["filter", "show", "dev", tb.serverIF, "egress"])
             #expect(!filters.stdout.contains("tc_mcache_fill"), "\(filters.stdout)")
+        }
+    }
+
+    /// The stale-read checker with memcached's uprobes as L1's only invalidation (ingress write
+    /// parsing off): every write bumps its set exactly when memcached applies it. A heavier mix
+    /// than the wire-only check: more keys, writes four times as often.
+    @Test func staleCheckerWithUprobesFindsNoStaleRead() throws {
+        let seconds = ProcessInfo.processInfo.environment["CXLBMC_STALE_SECONDS"] ?? "20"
+        try Self.withL1(probes: true) { tb in
+            let before = try Self.stats(tb)
+            let run = try tb.mcLoad(["stale-check", "--server", tb.serverIP4, "--keys", "128", "--readers", "2",
+                                     "--duration", seconds, "--write-interval-us", "500", "--multiget-max", "8", "--json"],
+                                    timeout: .seconds(Int(Double(seconds)! + 60)))
+            let check = try run.json(McLoad.StaleCheck.self)
+            let after = try Self.stats(tb)
+            #expect(run.status == 0, "\(run)")
+            #expect(check.stale == 0 && check.corrupt == 0, "\(run)")
+            #expect(check.writes > 4000 && check.reads > 1000, "\(run)")
+            let hits = after["hit"]! - before["hit"]!
+            let refused = after["fill_refused"]! - before["fill_refused"]!
+            let segments = after["tcp_segments"]! - before["tcp_segments"]!
+            #expect(hits > 1000, "L1 hits during the check: \(hits)")
+            #expect(refused > 0, "fills refused (by the uprobes' bumps) during the check: \(refused)")
+            #expect(segments == 0, "ingress parsed \(segments) TCP segments with the uprobes in charge")
         }
     }
 

@@ -28,9 +28,19 @@ struct ResolverTests {
     @Test("every entry of the shipped table matches the installed binary", .enabled(if: memcachedAvailable))
     func wholeShippedTable() throws {
         let table = try #require(OffsetTable.shipped.first { $0.buildID == debianMemcachedBuildID })
-        let targets = try ProbeTargetResolver.resolve(binary: debianMemcachedPath, functions: Array(table.entries.keys),
+        let functions = table.entries.values.filter { !$0.isData }.map(\.function)
+        let targets = try ProbeTargetResolver.resolve(binary: debianMemcachedPath, functions: functions,
                                                       debugRoot: "/nonexistent", tables: [table])
-        #expect(targets.count == table.entries.count)
+        #expect(targets.count == 39)
+        for (name, target) in targets {
+            #expect(target.address == target.fileOffset, "\(name): .text has offset == vaddr in this build")
+            #expect(target.size == table.entries[name]?.size)
+        }
+        let data = try ProbeTargetResolver.resolveData(
+            binary: debianMemcachedPath, names: ["current_time", "process_started", "settings", "nope"],
+            debugRoot: "/nonexistent", tables: [table])
+        #expect(data["current_time"]?.address == 0x3f820 && data["process_started"]?.address == 0x3f890)
+        #expect(data["settings"]?.address == 0x3f8a0 && data["nope"] == nil)
     }
 
     @Test("one flipped prologue byte is refused with a message naming function, offset and bytes",

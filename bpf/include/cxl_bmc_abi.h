@@ -151,6 +151,9 @@ struct l1_conn {
 
 /* l1_config.flags */
 #define L1_CFG_ENABLED 1
+/* memcached's writes are reported by its uprobes (bpf/uprobe), which bump
+ * mcache_wgen as memcached applies them: ingress skips write tracking. */
+#define L1_CFG_PROBE_WRITES 2
 
 struct l1_config {
 	__u16 port;          /* memcached port, network order */
