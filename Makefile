@@ -36,6 +36,7 @@ bench: deps
 	mkdir -p docs/benchmarks
 	$(SCRATCH)/release/cxl-bmc-bench --runs 50000 | tee docs/benchmarks/programs.txt
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
+	python3 kernel-scripts/bench_uprobes.py --build-dir $(SCRATCH)/release --out docs/benchmarks/uprobes.md
 
 clean:
 	rm -rf $(SCRATCH)

@@ -41,20 +41,22 @@ public final class RingBuffer {
         if let handle { ring_buffer__free(handle) }
     }
 
-    /// Waits up to `timeoutMs` (-1: forever) for records and consumes all that
-    /// are ready. Returns how many. EINTR is not an error: it returns 0.
+    /// Waits up to `timeoutMs` (-1: forever) for a wake-up, then consumes every
+    /// record there is (also those a producer wrote without waking us, see
+    /// `BPF_RB_NO_WAKEUP`). Returns how many. EINTR is not an error.
     @discardableResult
     public func poll(timeoutMs: Int32, _ body: (UnsafeRawBufferPointer) -> Void) throws -> Int {
         guard let handle else { return 0 }
         return try withoutActuallyEscaping(body) { body in
             sink.body = body
             defer { sink.body = nil }
-            let n = ring_buffer__poll(handle, timeoutMs)
-            if n < 0 {
-                if -n == EINTR { return 0 }
-                throw BPFError.system("poll ring buffer \(map.name)", errno: -n)
+            let woken = ring_buffer__poll(handle, timeoutMs)
+            if woken < 0 && -woken != EINTR {
+                throw BPFError.system("poll ring buffer \(map.name)", errno: -woken)
             }
-            return Int(n)
+            let rest = ring_buffer__consume(handle)
+            if rest < 0 { throw BPFError.system("consume ring buffer \(map.name)", errno: -rest) }
+            return Int(max(woken, 0) + rest)
         }
     }
 }

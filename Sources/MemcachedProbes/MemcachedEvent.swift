@@ -73,41 +73,39 @@ public struct MemcachedEvent: Sendable, Equatable {
     public var missSource: MissSource? { kind == .miss ? MissSource(rawValue: command) : nil }
     public var isIncrement: Bool { kind == .delta && command == UInt8(MC_DELTA_INCR) }
     /// The value is larger than an event carries (or chunked): fetch it from memcached.
-    public var needsFetch: Bool { value == nil && (kind == .store || (kind == .evict && valueLength > 0)) }
+    public var needsFetch: Bool { value == nil && (kind == .store || kind == .evict) }
 
     /// Decodes one ring-buffer record; nil if it is malformed (too short,
-    /// unknown kind, lengths beyond the record).
+    /// unknown kind, lengths beyond the record). Reads the fields in place at
+    /// their `struct mc_event` offsets: a record is a few hundred bytes, the
+    /// struct over 4 KB, and the consumer must keep up with memcached.
     public init?(record: UnsafeRawBufferPointer) {
         let header = Int(MC_EVENT_HEADER_LEN)
         guard record.count >= header else { return nil }
-        var raw = mc_event()
-        withUnsafeMutableBytes(of: &raw) { dst in
-            dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.prefix(dst.count)))
+        func field<T>(_ path: KeyPath<mc_event, T>, _ type: T.Type) -> T {
+            record.loadUnaligned(fromByteOffset: MemoryLayout<mc_event>.offset(of: path)!, as: T.self)
         }
-        guard let kind = Kind(rawValue: raw.kind) else { return nil }
-        let keyLength = Int(raw.key_len)
-        let inline = Int(raw.inline_len)
+        guard let kind = Kind(rawValue: field(\.kind, UInt8.self)) else { return nil }
+        let keyLength = Int(field(\.key_len, UInt8.self))
+        let inline = Int(field(\.inline_len, UInt16.self))
         guard keyLength <= Int(MC_MAX_KEY_LEN), inline <= Int(MC_EVENT_VALUE_INLINE_MAX),
               record.count >= header + inline else { return nil }
+        let flags = field(\.flags, UInt8.self)
+        let keyAt = MemoryLayout<mc_event>.offset(of: \.key)!
         self.kind = kind
-        command = raw.command
-        timestampNs = raw.ts_ns
-        pid = Int32(bitPattern: raw.tgid)
-        tid = Int32(bitPattern: raw.tid)
-        key = withUnsafeBytes(of: raw.key) { Array($0.prefix(keyLength)) }
-        clientFlags = raw.client_flags
-        exptimeRelative = raw.exptime_rel
-        let noClock = raw.flags & UInt8(MC_EVF_NO_CLOCK) != 0
-        exptimeUnix = noClock ? nil : raw.exptime_unix
-        memcachedNow = raw.now_rel
-        cas = raw.flags & UInt8(MC_EVF_CAS) != 0 ? raw.cas : nil
-        valueLength = Int(raw.value_len)
-        if raw.flags & UInt8(MC_EVF_VALUE_INLINE) != 0 {
-            value = Array(UnsafeRawBufferPointer(rebasing: record[header..<(header + inline)]))
-        } else {
-            value = nil
-        }
-        number = raw.number
+        command = field(\.command, UInt8.self)
+        timestampNs = field(\.ts_ns, UInt64.self)
+        pid = Int32(bitPattern: field(\.tgid, UInt32.self))
+        tid = Int32(bitPattern: field(\.tid, UInt32.self))
+        key = Array(record[keyAt..<(keyAt + keyLength)])
+        clientFlags = field(\.client_flags, UInt32.self)
+        exptimeRelative = field(\.exptime_rel, UInt32.self)
+        exptimeUnix = flags & UInt8(MC_EVF_NO_CLOCK) != 0 ? nil : field(\.exptime_unix, Int64.self)
+        memcachedNow = field(\.now_rel, UInt32.self)
+        cas = flags & UInt8(MC_EVF_CAS) != 0 ? field(\.cas, UInt64.self) : nil
+        valueLength = Int(field(\.value_len, UInt32.self))
+        value = flags & UInt8(MC_EVF_VALUE_INLINE) != 0 ? Array(record[header..<(header + inline)]) : nil
+        number = field(\.number, UInt64.self)
     }
 
     /// Builds an event (tests, fetch results).

@@ -50,9 +50,6 @@ public final class MemcachedProbes {
     /// (program, function, return probe)
     static let plan: [(program: String, function: String, returnProbe: Bool)] = [
         ("mc_store_begin", "do_store_item", false),
-        ("mc_store_end", "do_store_item", true),
-        ("mc_item_unlink", "do_item_unlink", false),
-        ("mc_item_unlink_nolock", "do_item_unlink_nolock", false),
         ("mc_get_begin", "item_get", false),
         ("mc_get_end", "item_get", true),
         ("mc_get_locked_begin", "limited_get_locked", false),
@@ -105,13 +102,6 @@ public final class MemcachedProbes {
         config.current_time = targets.currentTime
         config.process_started = targets.processStarted
         config.settings = targets.settings
-        func range(_ name: String) -> (UInt64, UInt64) {
-            guard let t = targets.functions[name], let size = t.size else { return (0, 0) }
-            return (t.address, t.address + size)
-        }
-        (config.item_replace_start, config.item_replace_end) = range("do_item_replace")
-        (config.item_get_start, config.item_get_end) = range("do_item_get")
-        (config.lru_pull_tail_start, config.lru_pull_tail_end) = range("lru_pull_tail")
         try object.map(named: String(cString: MC_MAP_PROBE_CONFIG)).update(UInt32(0), config)
 
         let pid: Int32
@@ -123,10 +113,14 @@ public final class MemcachedProbes {
                     program: step.program, binary: targets.binary, fileOffset: target.fileOffset, pid: pid,
                     returnProbe: step.returnProbe, cookie: target.address << 8))
             }
-            for site in targets.flushSites {
-                links.append(try object.attachUprobe(
-                    program: "mc_flush", binary: targets.binary, fileOffset: site.fileOffset, pid: pid,
-                    cookie: site.address << 8 | UInt64(site.register)))
+            let sites = [("mc_store_link", targets.storeSites), ("mc_delete_call", targets.deleteSites),
+                         ("mc_evict_call", targets.evictSites), ("mc_flush", targets.flushSites)]
+            for (program, list) in sites {
+                for site in list {
+                    links.append(try object.attachUprobe(
+                        program: program, binary: targets.binary, fileOffset: site.fileOffset, pid: pid,
+                        cookie: site.address << 8 | UInt64(site.register)))
+                }
             }
         } catch {
             detach()

@@ -192,11 +192,14 @@ final class Daemon: @unchecked Sendable {
             let probes = probesForThread
             let reader = readerForThread
             var lostSeen: UInt64 = 0
+            var nextLossCheck = ContinuousClock.now
             while !stopFlag.isSet {
-                _ = try? reader.poll(timeoutMs: 100) { event in
+                _ = try? reader.poll(timeoutMs: 20) { event in
                     if trace { print(event.summary) }
                 }
                 if trace { fflush(nil) }
+                guard ContinuousClock.now >= nextLossCheck else { continue }
+                nextLossCheck = .now + .seconds(1)
                 if let lost = try? probes.stats().lost, lost > lostSeen {
                     logger.warning("\(lost - lostSeen) memcached events lost (ring buffer full); \(lost) in all")
                     lostSeen = lost

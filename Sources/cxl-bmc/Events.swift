@@ -89,6 +89,9 @@ struct Events: ParsableCommand {
     @Flag(help: "One JSON object per event (values base64), and a final one with the counters.")
     var json = false
 
+    @Flag(help: "Decode the events but print only the final counters (measures what a consumer keeps up with).")
+    var quiet = false
+
     @Option(name: .customLong("ring-size"), help: ArgumentHelp("Ring buffer bytes (a power of two, at least 4096).", valueName: "BYTES"))
     var ringSize: UInt32 = MemcachedProbes.defaultRingBytes
 
@@ -102,6 +105,7 @@ struct Events: ParsableCommand {
         if let count, count <= 0 { throw ValidationError("--count must be positive") }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let fetch, Self.hostPort(fetch) == nil { throw ValidationError("--fetch wants HOST:PORT, got \(fetch)") }
+        if quiet && (json || fetch != nil) { throw ValidationError("--quiet prints no events: leave out --json and --fetch") }
     }
 
     static func hostPort(_ text: String) -> (String, UInt16)? {
@@ -125,10 +129,11 @@ struct Events: ParsableCommand {
             let deadline = duration.map { Date().addingTimeInterval($0) }
             var seen = 0
             var lostReported: UInt64 = 0
+            var nextLossCheck = Date()
             while eventsStopRequested == 0 {
                 if let count, seen >= count { break }
                 if let deadline, Date() >= deadline { break }
-                try reader.poll(timeoutMs: 100) { event in
+                try reader.poll(timeoutMs: 20) { event in
                     if let count, seen >= count { return }
                     seen += 1
                     var shown = event
@@ -141,9 +146,11 @@ struct Events: ParsableCommand {
                         case nil: note = " (fetch failed)"
                         }
                     }
-                    print(json ? Self.json(shown) : shown.summary + note)
+                    if !quiet { print(json ? Self.json(shown) : shown.summary + note) }
                 }
                 fflush(nil)
+                guard Date() >= nextLossCheck else { continue }
+                nextLossCheck = Date().addingTimeInterval(1)
                 let lost = try probes.stats().lost
                 if lost > lostReported {
                     CLI.printError("warning: \(lost - lostReported) events lost (ring buffer full); \(lost) in all")
@@ -152,7 +159,7 @@ struct Events: ParsableCommand {
             }
             let stats = try probes.stats()
             probes.detach()
-            let summary = "events: \(seen) printed, \(stats.emitted) emitted, \(stats.lost) lost, \(reader.malformed) malformed, \(stats.filtered) from other processes ignored"
+            let summary = "events: \(seen) \(quiet ? "decoded" : "printed"), \(stats.emitted) emitted, \(stats.lost) lost, \(reader.malformed) malformed, \(stats.filtered) from other processes ignored"
             if json {
                 print("{\"printed\":\(seen),\"emitted\":\(stats.emitted),\"lost\":\(stats.lost),\"malformed\":\(reader.malformed),\"filtered\":\(stats.filtered)}")
             }

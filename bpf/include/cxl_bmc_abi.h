@@ -289,7 +289,11 @@ struct mc_event {
 
 /* Per-binary facts the probes need, written by the loader after load. All
  * addresses are link-time virtual addresses in memcached's ELF; the probes
- * learn the process's load bias from where they fired. */
+ * learn the process's load bias from where they fired.
+ *
+ * Each probe's BPF cookie is (probed link-time address << 8 | register):
+ * call-site and instruction probes read their item (or value) from that
+ * register (x86-64 numbering: 0 rax … 7 rdi, 8 r8 … 15 r15). */
 struct mc_probe_config {
 	__u32 target_tgid;     /* nonzero: only this process */
 	__u32 target_netns;    /* nonzero: only processes in this network namespace (inode) */
@@ -298,10 +302,6 @@ struct mc_probe_config {
 	__u64 current_time;    /* &current_time (rel_time_t); 0 = unknown */
 	__u64 process_started; /* &process_started (time_t); 0 = unknown */
 	__u64 settings;        /* &settings */
-	/* Callers of do_item_unlink/do_item_unlink_nolock, [start, end): */
-	__u64 item_replace_start, item_replace_end; /* an unlink inside a store */
-	__u64 item_get_start, item_get_end;         /* lazy unlink of a dead item */
-	__u64 lru_pull_tail_start, lru_pull_tail_end; /* evictions */
 };
 #define MC_PROBE_CFG_L1 1 /* L1 maps are attached: bump generations */
 
@@ -340,5 +340,5 @@ _Static_assert(sizeof(struct l1_state) == 16, "l1_state layout");
 _Static_assert(sizeof(struct l1_stats) == 8 * L1_STAT_COUNT, "l1_stats layout");
 
 _Static_assert(sizeof(struct mc_event) == MC_EVENT_HEADER_LEN + MC_EVENT_VALUE_INLINE_MAX, "mc_event layout");
-_Static_assert(sizeof(struct mc_probe_config) == 88, "mc_probe_config layout");
+_Static_assert(sizeof(struct mc_probe_config) == 40, "mc_probe_config layout");
 #endif /* CXL_BMC_ABI_H */

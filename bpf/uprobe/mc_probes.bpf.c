@@ -4,11 +4,17 @@
  * memcached applies it (under memcached's item lock), so L1's fill protocol
  * needs no guesswork for writes it never saw on the wire.
  *
- * The loader attaches each program at an offset it resolved in the binary
- * (symbols, debug file or a prologue-checked table) and passes the probed
- * address as the BPF cookie; the probe derives the process's load bias from
- * where it fired. Instruction probes (flush) carry the register in the
- * cookie's low byte.
+ * A uprobe hit is a trap (about 2 µs in the VM this was measured on), so the
+ * store path carries as few as possible: the entry of do_store_item (its
+ * command) and the call that links the new item inside it (the item, and
+ * proof it was stored). Deletes and evictions are caught at their call sites
+ * too, so a SET never pays for them; every probed instruction is one the
+ * kernel emulates (push, call) rather than single-steps, except the rare
+ * flush stores.
+ *
+ * The loader resolves every address in the binary (symbols, debug file or
+ * a prologue-checked table) and passes (address << 8 | register) as the BPF
+ * cookie; the probe derives the process's load bias from where it fired.
  *
  * memcached 1.6 item layout (x86_64): exptime @28, nbytes @32 (value +
  * "\r\n"), it_flags @38, nkey @41, data @48: [8-byte CAS if ITEM_CAS] key,
@@ -72,7 +78,7 @@ struct mc_call {
 	__u64 buf;   /* DELTA: where memcached writes the new value */
 	__u64 bias;  /* the process's load bias */
 	__u32 len;   /* DELTA, GET: key length */
-	__u32 arg;   /* STORE: comm; DELTA: incr; GET: MC_MISS_*; TOUCH: new exptime */
+	__u32 arg;   /* STORE: comm; DELTA: incr; GET: MC_MISS_* */
 	__u32 kind;  /* CALL_* */
 	__u32 pad;
 };
@@ -143,6 +149,29 @@ static __always_inline __u32 read_u32(__u64 addr)
 	__u32 v = 0;
 	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
 	return v;
+}
+
+/* x86-64 register number n of the probed context. */
+static __always_inline __u64 reg_value(struct pt_regs *ctx, __u32 reg)
+{
+	switch (reg) {
+	case 0: return ctx->rax;
+	case 1: return ctx->rcx;
+	case 2: return ctx->rdx;
+	case 3: return ctx->rbx;
+	case 5: return ctx->rbp;
+	case 6: return ctx->rsi;
+	case 7: return ctx->rdi;
+	case 8: return ctx->r8;
+	case 9: return ctx->r9;
+	case 10: return ctx->r10;
+	case 11: return ctx->r11;
+	case 12: return ctx->r12;
+	case 13: return ctx->r13;
+	case 14: return ctx->r14;
+	case 15: return ctx->r15;
+	}
+	return 0;
 }
 
 static __always_inline __u64 fnv1a(const __u8 *key, __u32 len)
@@ -245,12 +274,19 @@ static __always_inline void event_clock(struct mc_event *ev, struct mc_probe_con
 	}
 }
 
+/* The consumer is woken only once this much is waiting (it also polls on a
+ * short timer): a wake-up per event would cost memcached's thread more than
+ * the event itself. */
+#define MC_EVENTS_WAKEUP_BYTES (256 << 10)
+
 static __always_inline void event_send(struct mc_event *ev)
 {
 	__u32 n = ev->inline_len;
 	if (n > MC_EVENT_VALUE_INLINE_MAX)
 		n = 0;
-	if (bpf_ringbuf_output(&mc_events, ev, MC_EVENT_HEADER_LEN + n, 0) == 0) {
+	__u64 wake = bpf_ringbuf_query(&mc_events, BPF_RB_AVAIL_DATA) >= MC_EVENTS_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+												: BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&mc_events, ev, MC_EVENT_HEADER_LEN + n, wake) == 0) {
 		pstat(MC_PSTAT_EMITTED);
 		pstat(MC_PSTAT_KIND_BASE + ev->kind);
 	} else {
@@ -258,7 +294,10 @@ static __always_inline void event_send(struct mc_event *ev)
 	}
 }
 
-/* Fills key, flags, exptime, CAS and (when it fits) the value from an item. */
+#define LINKED_ITEM 1 /* with its value */
+#define STORE_ITEM 2  /* about to be linked: value, no CAS yet */
+/* Fills key, flags, exptime, CAS and (when it fits) the value from an item;
+ * with_value 0: the key and attributes only. */
 static __always_inline int event_item(struct mc_event *ev, __u64 it, int with_value)
 {
 	__u8 head[56];
@@ -270,8 +309,12 @@ static __always_inline int event_item(struct mc_event *ev, __u64 it, int with_va
 	__u32 nkey = head[IT_NKEY];
 	__u64 key = it + IT_DATA;
 	if (flags & ITEM_CAS) {
-		ev->cas = *(__u64 *)&head[IT_DATA];
-		ev->flags |= MC_EVF_CAS;
+		/* A linked item's CAS; a store's probe fires before do_item_link
+		 * assigns it, so there the slot means nothing. */
+		if (with_value != STORE_ITEM) {
+			ev->cas = *(__u64 *)&head[IT_DATA];
+			ev->flags |= MC_EVF_CAS;
+		}
 		key += 8;
 	}
 	if (nkey == 0 || nkey > MC_MAX_KEY_LEN)
@@ -294,8 +337,8 @@ static __always_inline int event_item(struct mc_event *ev, __u64 it, int with_va
 		ev->flags |= MC_EVF_VALUE_FETCH;
 		return 0;
 	}
-	if (vlen && bpf_probe_read_user(ev->value, vlen & (2 * MC_EVENT_VALUE_INLINE_MAX - 1) &
-						   MC_EVENT_VALUE_INLINE_MAX * 2 - 1, (void *)data))
+	/* vlen <= MC_EVENT_VALUE_INLINE_MAX here; the mask keeps the verifier sure of it. */
+	if (vlen && bpf_probe_read_user(ev->value, vlen & (2 * MC_EVENT_VALUE_INLINE_MAX - 1), (void *)data))
 		return -1;
 	ev->inline_len = vlen;
 	ev->flags |= MC_EVF_VALUE_INLINE;
@@ -320,102 +363,78 @@ int mc_store_begin(struct pt_regs *ctx)
 	return 0;
 }
 
-/* do_store_item's return: STORED (1) means the item is linked and carries
- * its CAS. memcached still holds the item lock here (store_item releases it
- * after), so the bump orders every GET: one whose ticket predates it is
- * refused, one after finds the new item. append/prepend linked a new item
- * this probe cannot see: their event asks for the value to be fetched. */
-SEC("uretprobe")
-int mc_store_end(struct pt_regs *ctx)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct mc_call *call = bpf_map_lookup_elem(&mc_calls, &id);
-	if (!call || call->kind != CALL_STORE)
-		return 0;
-	struct mc_call c = *call;
-	bpf_map_delete_elem(&mc_calls, &id);
-	if (PT_REGS_RC(ctx) != 1) /* NOT_STORED, EXISTS, NOT_FOUND, TOO_LARGE, NO_MEMORY */
-		return 0;
-	__u32 zero = 0;
-	struct mc_probe_config *cfg = bpf_map_lookup_elem(&mc_probe_config, &zero);
-	if (!cfg)
-		return 0;
-	int whole = c.arg != MC_CMD_APPEND && c.arg != MC_CMD_PREPEND;
-	struct mc_event *ev = event_begin(MC_EV_STORE, c.arg <= MC_CMD_CAS ? c.arg : MC_CMD_LINK);
-	if (!ev)
-		return 0;
-	if (event_item(ev, c.ptr, whole)) {
-		pstat(MC_PSTAT_READ_FAULT);
-		return 0;
-	}
-	event_clock(ev, cfg, c.bias);
-	l1_write(cfg, ev->key, ev->key_len, ev->exptime_rel, ev->now_rel, whole);
-	if (!whole) {
-		/* The item read is the fragment the client sent; the result has
-		 * the old item's flags, exptime and a new CAS. */
-		ev->flags = (ev->flags & MC_EVF_NO_CLOCK) | MC_EVF_VALUE_FETCH;
-		ev->cas = 0;
-		ev->client_flags = 0;
-		ev->exptime_rel = 0;
-		ev->exptime_unix = 0;
-		ev->value_len = 0;
-	}
-	event_send(ev);
-	return 0;
-}
-
-static __always_inline int caller_in(__u64 ret, __u64 bias, __u64 start, __u64 end)
-{
-	__u64 at = ret - bias;
-	return start && at >= start && at < end;
-}
-
-/* do_item_unlink(item *it, uint32_t hv), under the item lock. */
+/* The calls inside do_store_item that link the stored item: do_item_link(it)
+ * for a new key, item_replace(old, it) over an existing one (append/prepend
+ * pass the new item holding both parts). They run only when the store
+ * succeeds, under the item lock: a bump here orders every GET (one whose
+ * ticket predates it is refused; one after waits for the lock and finds
+ * the new item). memcached assigns the CAS inside the link, after this. */
 SEC("uprobe")
-int mc_item_unlink(struct pt_regs *ctx)
+int mc_store_link(struct pt_regs *ctx)
 {
 	struct mc_probe_config *cfg = accept();
 	if (!cfg)
 		return 0;
-	__u64 bias = load_bias(ctx);
-	__u64 ret = 0;
-	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 it = reg_value(ctx, cookie & 0xff);
+	__u64 id = bpf_get_current_pid_tgid();
+	__u8 command = MC_CMD_LINK;
+	struct mc_call *call = bpf_map_lookup_elem(&mc_calls, &id);
+	if (call && call->kind == CALL_STORE) {
+		command = call->arg <= MC_CMD_CAS ? call->arg : MC_CMD_LINK;
+		bpf_map_delete_elem(&mc_calls, &id);
+	}
+	struct mc_event *ev = event_begin(MC_EV_STORE, command);
+	if (!ev)
+		return 0;
+	if (event_item(ev, it, STORE_ITEM)) {
+		pstat(MC_PSTAT_READ_FAULT);
+		return 0;
+	}
+	event_clock(ev, cfg, load_bias(ctx));
+	l1_write(cfg, ev->key, ev->key_len, ev->exptime_rel, ev->now_rel, 1);
+	event_send(ev);
+	return 0;
+}
+
+/* Calls to do_item_unlink(it, hv) / item_unlink(it) in the delete paths
+ * (delete, md, binary delete, and the sets whose allocation failed, which
+ * drop the old value), under the item lock. Unlinks inside a store
+ * (replace) or of dead items (lazy expiry) are other call sites. */
+SEC("uprobe")
+int mc_delete_call(struct pt_regs *ctx)
+{
+	struct mc_probe_config *cfg = accept();
+	if (!cfg)
+		return 0;
+	__u64 it = reg_value(ctx, bpf_get_attach_cookie(ctx) & 0xff);
 	struct mc_event *ev = event_begin(MC_EV_DELETE, 0);
 	if (!ev)
 		return 0;
-	if (event_item(ev, PT_REGS_PARM1(ctx), 0)) {
+	if (event_item(ev, it, 0)) {
 		pstat(MC_PSTAT_READ_FAULT);
 		return 0;
 	}
-	event_clock(ev, cfg, bias);
+	event_clock(ev, cfg, load_bias(ctx));
 	l1_write(cfg, ev->key, ev->key_len, 0, 0, 0);
-	/* Replaced by a store (its link reports it), or a dead item dropped
-	 * lazily by a lookup: not a delete. */
-	if (caller_in(ret, bias, cfg->item_replace_start, cfg->item_replace_end) ||
-	    caller_in(ret, bias, cfg->item_get_start, cfg->item_get_end))
-		return 0;
 	event_send(ev);
 	return 0;
 }
 
-/* do_item_unlink_nolock(item *it, uint32_t hv): from lru_pull_tail it is an
- * eviction, unless the item was already dead (expired or flushed). */
+/* Calls to do_item_unlink_nolock(it, hv) inside lru_pull_tail: an eviction,
+ * unless the item was already dead (expired or flushed). */
 SEC("uprobe")
-int mc_item_unlink_nolock(struct pt_regs *ctx)
+int mc_evict_call(struct pt_regs *ctx)
 {
 	struct mc_probe_config *cfg = accept();
 	if (!cfg)
 		return 0;
 	__u64 bias = load_bias(ctx);
-	__u64 ret = 0;
-	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
-	if (!caller_in(ret, bias, cfg->lru_pull_tail_start, cfg->lru_pull_tail_end))
-		return 0;
+	__u64 it = reg_value(ctx, bpf_get_attach_cookie(ctx) & 0xff);
 	struct mc_event *ev = event_begin(MC_EV_EVICT, 0);
 	if (!ev)
 		return 0;
-	__u64 it = PT_REGS_PARM1(ctx);
-	if (event_item(ev, it, 1)) {
+	if (event_item(ev, it, LINKED_ITEM)) {
 		pstat(MC_PSTAT_READ_FAULT);
 		return 0;
 	}
@@ -439,20 +458,14 @@ int mc_item_unlink_nolock(struct pt_regs *ctx)
 
 /* ---- lookups: item_get, limited_get_locked, item_touch ----------------- */
 
-static __always_inline int get_begin(struct pt_regs *ctx, __u32 source, __u32 exptime)
+static __always_inline int get_begin(struct pt_regs *ctx, __u32 source)
 {
 	if (!accept())
 		return 0;
 	__u64 nkey = PT_REGS_PARM2(ctx);
 	if (nkey == 0 || nkey > MC_MAX_KEY_LEN)
 		return 0;
-	call_put(CALL_GET, PT_REGS_PARM1(ctx), 0, (__u32)nkey, source | (exptime ? 0 : 0), load_bias(ctx));
-	if (source == MC_MISS_TOUCH) {
-		__u64 id = bpf_get_current_pid_tgid();
-		struct mc_call *call = bpf_map_lookup_elem(&mc_calls, &id);
-		if (call)
-			call->buf = exptime;
-	}
+	call_put(CALL_GET, PT_REGS_PARM1(ctx), 0, (__u32)nkey, source, load_bias(ctx));
 	return 0;
 }
 
@@ -498,19 +511,19 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 
 /* item *item_get(const char *key, size_t nkey, conn *c, bool do_update) */
 SEC("uprobe")
-int mc_get_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET, 0); }
+int mc_get_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET); }
 SEC("uretprobe")
 int mc_get_end(struct pt_regs *ctx) { return get_end(ctx, MC_MISS_GET); }
 
 /* item *limited_get_locked(char *key, size_t nkey, conn *c, bool do_update, uint32_t *hv, bool *overflow) */
 SEC("uprobe")
-int mc_get_locked_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET_LOCKED, 0); }
+int mc_get_locked_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET_LOCKED); }
 SEC("uretprobe")
 int mc_get_locked_end(struct pt_regs *ctx) { return get_end(ctx, MC_MISS_GET_LOCKED); }
 
 /* item *item_touch(const char *key, size_t nkey, uint32_t exptime, conn *c) */
 SEC("uprobe")
-int mc_touch_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_TOUCH, (__u32)PT_REGS_PARM3(ctx)); }
+int mc_touch_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_TOUCH); }
 SEC("uretprobe")
 int mc_touch_end(struct pt_regs *ctx) { return get_end(ctx, MC_MISS_TOUCH); }
 
@@ -583,28 +596,6 @@ int mc_delta_end(struct pt_regs *ctx)
 /* ---- flush_all: an instruction probe on each store to
  * settings.oldest_live (memcached inlines the flush handlers); the cookie's
  * low byte names the register holding the new value. -------------------- */
-
-static __always_inline __u64 reg_value(struct pt_regs *ctx, __u32 reg)
-{
-	switch (reg) {
-	case 0: return ctx->rax;
-	case 1: return ctx->rcx;
-	case 2: return ctx->rdx;
-	case 3: return ctx->rbx;
-	case 5: return ctx->rbp;
-	case 6: return ctx->rsi;
-	case 7: return ctx->rdi;
-	case 8: return ctx->r8;
-	case 9: return ctx->r9;
-	case 10: return ctx->r10;
-	case 11: return ctx->r11;
-	case 12: return ctx->r12;
-	case 13: return ctx->r13;
-	case 14: return ctx->r14;
-	case 15: return ctx->r15;
-	}
-	return 0;
-}
 
 SEC("uprobe")
 int mc_flush(struct pt_regs *ctx)
