@@ -357,6 +357,36 @@ struct UprobeEventTests {
         }
     }
 
+    @Test("cxl-bmc events --json prints each event live and the counters at the end")
+    func eventsCommand() throws {
+        try LoopbackMemcached.with { server in
+            let out = OutputFile(), err = OutputFile()
+            let events = try ChildProcess(try Paths.product("cxl-bmc"),
+                                          ["events", "--pid", String(server.pid), "--json", "--count", "3", "--duration", "20"],
+                                          stdout: out.path, stderr: err.path)
+            defer { if !events.hasExited { events.signal(SIGKILL) } }
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !err.contents().contains("tracing"), ContinuousClock.now < deadline, !events.hasExited { usleep(20_000) }
+            let c = try server.tcp()
+            #expect(try c.set("cli-key", Array("v1".utf8), flags: 11) == .stored)
+            #expect(try c.get("cli-missing") == nil)
+            #expect(try c.delete("cli-key") == .deleted)
+            #expect(events.wait(timeout: .seconds(20)) == 0, "\(err.contents())")
+            let lines = out.contents().split(separator: "\n").map(String.init)
+            #expect(lines.count == 4, "\(lines)")
+            func object(_ line: String) throws -> [String: Any] {
+                try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            }
+            let kinds = try lines.prefix(3).map { try object($0)["kind"] as? String }
+            #expect(kinds == ["store", "miss", "delete"])
+            let store = try object(lines[0])
+            #expect(store["key"] as? String == "cli-key" && store["flags"] as? Int == 11 && store["store"] as? String == "set")
+            #expect(store["value_b64"] as? String == Data("v1".utf8).base64EncodedString())
+            let totals = try object(lines[3])
+            #expect(totals["printed"] as? Int == 3 && totals["lost"] as? Int == 0)
+        }
+    }
+
     @Test("a stripped build with no table names its build-id and what to install")
     func noTable() throws {
         #expect {

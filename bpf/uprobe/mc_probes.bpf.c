@@ -221,6 +221,16 @@ static __always_inline void l1_write(struct mc_probe_config *cfg, const __u8 *ke
 	bpf_map_update_elem(&mcache_ttl, &h, &ttl, BPF_ANY);
 }
 
+/* L1 no longer knows when this key expires: it will not cache it until a
+ * store says. */
+static __always_inline void forget_ttl(struct mc_probe_config *cfg, const __u8 *key, __u32 len)
+{
+	if (!(cfg->flags & MC_PROBE_CFG_L1))
+		return;
+	__u64 h = fnv1a(key, len);
+	bpf_map_delete_elem(&mcache_ttl, &h);
+}
+
 /* Flush: every L1 entry goes (epoch bump), as for a flush_all seen on the wire. */
 static __always_inline void l1_flush(struct mc_probe_config *cfg)
 {
@@ -492,6 +502,17 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 		 * refused, later ones see it. */
 		l1_write(cfg, ev->key, ev->key_len, ev->exptime_rel, ev->now_rel, 1);
 		event_send(ev);
+		return 0;
+	}
+	if (found && source == MC_MISS_GET_LOCKED) {
+		/* meta mg with N/R/T returns the item locked and may then change
+		 * its exptime in place (inlined, no function to probe): L1 forgets
+		 * the key's TTL, so it caches it again only after the next store. */
+		ev = event_begin(MC_EV_TOUCH, 0);
+		if (!ev || event_item(ev, found, 0))
+			return 0;
+		l1_write(cfg, ev->key, ev->key_len, 0, 0, 0);
+		forget_ttl(cfg, ev->key, ev->key_len);
 		return 0;
 	}
 	if (found)
