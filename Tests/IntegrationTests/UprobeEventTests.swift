@@ -186,10 +186,11 @@ struct UprobeEventTests {
         }
     }
 
-    @Test("meta protocol: ms, mg miss, md, ma")
-    func metaProtocol() throws {
-        try LoopbackMemcached.with { server in
-            let probed = try ProbedMemcached(server: server, binary: LoopbackMemcached.binary)
+    @Test("meta protocol: ms, mg miss, md, ma", arguments: MemcachedBuild.allCases)
+    func metaProtocol(build: MemcachedBuild) throws {
+        let binary = try build.binary
+        try LoopbackMemcached.with(binary: binary) { server in
+            let probed = try ProbedMemcached(server: server, binary: binary)
             let c = try server.tcp()
             _ = try c.request(.metaSet("m1", value: Array("meta".utf8), flags: ["F5", "T60"]))
             let set = try probed.next(.store, "m1")
@@ -210,10 +211,11 @@ struct UprobeEventTests {
         }
     }
 
-    @Test("binary protocol: set, add, get miss, gat, touch, incr, delete, flush")
-    func binaryProtocol() throws {
-        try LoopbackMemcached.with { server in
-            let probed = try ProbedMemcached(server: server, binary: LoopbackMemcached.binary)
+    @Test("binary protocol: set, add, get miss, gat, touch, incr, delete, flush", arguments: MemcachedBuild.allCases)
+    func binaryProtocol(build: MemcachedBuild) throws {
+        let binary = try build.binary
+        try LoopbackMemcached.with(binary: binary) { server in
+            let probed = try ProbedMemcached(server: server, binary: binary)
             let c = try server.tcp()
             #expect(try c.binary(MemcacheBinary.set(key: "b1", value: Array("bin".utf8), flags: 3, exptime: 50)).status == 0)
             let set = try probed.next(.store, "b1")
@@ -240,10 +242,11 @@ struct UprobeEventTests {
         }
     }
 
-    @Test("evictions from a small memcached carry key and value")
-    func evictions() throws {
-        try LoopbackMemcached.with(["-m", "2"]) { server in
-            let probed = try ProbedMemcached(server: server, binary: LoopbackMemcached.binary)
+    @Test("evictions from a small memcached carry key and value", arguments: MemcachedBuild.allCases)
+    func evictions(build: MemcachedBuild) throws {
+        let binary = try build.binary
+        try LoopbackMemcached.with(["-m", "2"], binary: binary) { server in
+            let probed = try ProbedMemcached(server: server, binary: binary)
             let c = try server.tcp()
             func value(_ i: Int) -> [UInt8] { Array(String(repeating: "v\(i)-", count: 600).utf8.prefix(2000)) }
             for i in 0..<3000 { _ = try c.set("ev\(i)", value(i)) }
@@ -385,6 +388,15 @@ struct UprobeEventTests {
             let totals = try object(lines[3])
             #expect(totals["printed"] as? Int == 3 && totals["lost"] as? Int == 0)
         }
+    }
+
+    @Test("the shipped offset table is derived again, identically, from Debian's source rebuilt (kernel-scripts)")
+    func offsetTableIsReproducible() throws {
+        _ = try MemcachedBuild.symbolBinary() // builds it if `make deps` did not
+        let script = Paths.repoRoot.appendingPathComponent("kernel-scripts/check-offsets-table.sh").path
+        let r = try runProcess("/bin/bash", [script], timeout: .seconds(300))
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stderr.contains("matches") || r.stdout.contains("matches"), "\(r)")
     }
 
     @Test("a stripped build with no table names its build-id and what to install")
