@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient",
+                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -60,6 +60,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+
+        // L3 kept in step with memcached: write-through from its events, promotion on misses.
+        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient"]),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
@@ -83,7 +86,7 @@ let package = Package(
         ),
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
     ]
 )

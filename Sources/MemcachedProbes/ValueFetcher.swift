@@ -18,15 +18,21 @@ public final class MemcachedValueFetcher {
         client = try MemcacheTCPClient(host: host, port: port, timeout: .seconds(5))
     }
 
+    /// Uses an open connection (its owner's thread only).
+    public init(client: MemcacheTCPClient) {
+        self.client = client
+    }
+
+    /// A key as the meta protocol takes it: as is, or base64 (then pass the `b` flag).
+    public static func metaKey(_ key: [UInt8]) -> (key: String, base64: Bool) {
+        if key.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) { return (String(decoding: key, as: UTF8.self), false) }
+        return (base64(key), true)
+    }
+
     public func fetch(_ event: MemcachedEvent) throws -> Outcome {
-        let key: String
+        let (key, encoded) = Self.metaKey(event.key)
         var request = ["v", "f", "t", "c"]
-        if event.key.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) {
-            key = String(decoding: event.key, as: UTF8.self)
-        } else {
-            key = base64(event.key)
-            request.append("b")
-        }
+        if encoded { request.append("b") }
         let reply = try client.request(.metaGet(key, flags: request))
         guard case .meta(let meta) = reply, meta.code == "VA", let value = meta.value else { return .gone }
         let cas = meta.flags.first { $0.hasPrefix("c") }.flatMap { UInt64($0.dropFirst()) }
@@ -35,7 +41,7 @@ public final class MemcachedValueFetcher {
         return .fetched(event.with(value: value, clientFlags: flags, cas: cas))
     }
 
-    private func base64(_ bytes: [UInt8]) -> String {
+    static func base64(_ bytes: [UInt8]) -> String {
         let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
         var out: [UInt8] = []
         var i = 0

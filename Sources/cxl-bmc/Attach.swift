@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Loader
 import Logging
+import L3Sync
 import MemcachedProbes
 import Synchronization
 
@@ -71,9 +72,25 @@ struct Attach: ParsableCommand {
     @Flag(help: "With --memcached/--pid: keep parsing writes at ingress too (by default the uprobes alone invalidate L1, exactly, and TCP traffic skips the parser).")
     var wireWrites = false
 
+    @Flag(name: .customLong("no-cxl"), help: "With --memcached/--pid: keep L3 in this process's memory instead of a CXL pool (lost when cxl-bmc exits).")
+    var noCXL = false
+
+    @Option(
+        name: .customLong("memcached-addr"),
+        help: ArgumentHelp("memcached's TCP address, where L3 promotes items and fetches large values (default: 127.0.0.1 and --port).", valueName: "HOST:PORT"))
+    var memcachedAddress: String?
+
     @OptionGroup var pins: PinOptions
 
+    var l3Wanted: Bool { noCXL }
+
     func validate() throws {
+        if l3Wanted && !memcached.given {
+            throw ValidationError("L3 (--no-cxl) works from memcached's events: add --memcached PATH or --pid PID")
+        }
+        if let memcachedAddress, Events.hostPort(memcachedAddress) == nil {
+            throw ValidationError("--memcached-addr wants HOST:PORT, got \(memcachedAddress)")
+        }
         if (trace || wireWrites) && !memcached.given {
             throw ValidationError("\(trace ? "--trace" : "--wire-writes") needs --memcached PATH or --pid PID")
         }
@@ -110,7 +127,14 @@ struct Attach: ParsableCommand {
                 if !wireWrites { try cache.setWritesTrackedByProbes(true) }
                 print("uprobes: \(probes.probeCount) on \(probes.targets.binary) (\(probes.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
                 fflush(nil)
-                try daemon.attachProbes(probes, trace: trace)
+                var sync: L3Sync?
+                if l3Wanted {
+                    let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
+                    sync = L3Sync(store: InMemoryL3Store(), memcachedHost: host, port: tcpPort)
+                    print("L3: in memory (--no-cxl); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
+                    fflush(nil)
+                }
+                try daemon.attachProbes(probes, trace: trace, sync: sync)
             }
             try daemon.run(cache)
         }
@@ -160,6 +184,7 @@ final class Daemon: @unchecked Sendable {
     private var missingTicks = 0
     private let logger = Logger(label: "cxl-bmc")
     private var probes: MemcachedProbes?
+    private var sync: L3Sync?
     private var eventDrain: Thread?
     private let drainStop = StopFlag()
 
@@ -179,9 +204,10 @@ final class Daemon: @unchecked Sendable {
 
     /// Drains memcached's events on a thread of their own (printing them with
     /// `trace`), so the ring buffer does not fill; losses are logged as they happen.
-    func attachProbes(_ probes: MemcachedProbes, trace: Bool) throws {
+    func attachProbes(_ probes: MemcachedProbes, trace: Bool, sync: L3Sync?) throws {
         let reader = try probes.eventReader()
         self.probes = probes
+        self.sync = sync
         let stopFlag = drainStop
         let logger = logger
         // The reader and the probes' stats map are used by this thread alone
@@ -196,6 +222,7 @@ final class Daemon: @unchecked Sendable {
             while !stopFlag.isSet {
                 _ = try? reader.poll(timeoutMs: 20) { event in
                     if trace { print(event.summary) }
+                    sync?.apply(event)
                 }
                 if trace { fflush(nil) }
                 guard ContinuousClock.now >= nextLossCheck else { continue }
@@ -279,6 +306,11 @@ final class Daemon: @unchecked Sendable {
             drainStop.set()
             probes.detach()
             print("detached the uprobes from \(probes.targets.binary)")
+        }
+        if let sync {
+            sync.stop()
+            let c = sync.snapshot
+            print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted, \(c.dropped) dropped, \(c.failures) failures")
         }
         finish()
     }

@@ -1,0 +1,95 @@
+import Foundation
+import L3Sync
+import MemcacheClient
+import MemcachedProbes
+import Testing
+
+/// L3 kept in step with a real memcached through its uprobes: written through, and promoted back
+/// after memcached lost its data (killed and restarted), byte-exact with flags and TTL, never
+/// clobbering a newer write, never resurrecting a deleted key.
+@Suite(.serialized, .enabled(if: Privilege.shouldRun && LoopbackMemcached.shouldRun))
+struct L3SyncTests {
+    init() throws { try Privilege.require() }
+
+    /// Feeds `probed`'s events to `sync` until `done` holds.
+    private func pump(_ probed: ProbedMemcached, _ sync: L3Sync, until done: () throws -> Bool) throws {
+        let deadline = ContinuousClock.now + .seconds(5)
+        var applied = probed.mark
+        while ContinuousClock.now < deadline {
+            try probed.collect(timeout: .milliseconds(50)) { _ in true }
+            for e in probed.events[applied...] { sync.apply(e) }
+            applied = probed.events.count
+            _ = sync.drain(timeout: .seconds(2))
+            if try done() { return }
+        }
+        throw HarnessError("condition not reached; events: \(probed.events.map(\.summary))")
+    }
+
+    @Test func writeThroughThenPromotionAfterMemcachedRestarts() throws {
+        let store = InMemoryL3Store()
+        let value = Array("the value \u{1}\u{2}\r\n with CRLF inside".utf8)
+        var sync: L3Sync!
+        var expiry: Int64 = 0
+        // memcached A: the writes.
+        try LoopbackMemcached.with { a in
+            sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
+            let probed = try ProbedMemcached(server: a, binary: LoopbackMemcached.binary)
+            let c = try a.tcp()
+            #expect(try c.set("keep", value, flags: 77, exptime: 300) == .stored)
+            #expect(try c.set("gone", [1, 2, 3]) == .stored)
+            #expect(try c.delete("gone") == .deleted)
+            try pump(probed, sync) { try store.get(key: Array("keep".utf8)) != nil }
+            #expect(try store.get(key: Array("gone".utf8)) == nil)
+            let held = try #require(try store.get(key: Array("keep".utf8)))
+            #expect(held.value == value && held.flags == 77)
+            #expect(abs(held.exptimeUnix - Int64(Date().timeIntervalSince1970) - 300) <= 2)
+            expiry = held.exptimeUnix
+            sync.stop()
+        }
+        // memcached B: empty after the restart. A GET misses, L3 answers, the item is promoted.
+        try LoopbackMemcached.with { b in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: b.port)
+            defer { sync.stop() }
+            let probed = try ProbedMemcached(server: b, binary: LoopbackMemcached.binary)
+            let c = try b.tcp()
+            #expect(try c.get("keep") == nil, "B starts empty")
+            #expect(try c.get("gone") == nil)
+            try pump(probed, sync) { sync.snapshot.promoted >= 1 }
+            let promoted = try #require(try c.get("keep"))
+            #expect(promoted.data == value && promoted.flags == 77)
+            guard case .meta(let meta) = try c.request(.metaGet("keep", flags: ["t"])),
+                  let ttl = meta.flags.first(where: { $0.hasPrefix("t") }).flatMap({ Int($0.dropFirst()) }) else {
+                Issue.record("no TTL")
+                return
+            }
+            let now = Int64(Date().timeIntervalSince1970)
+            #expect(abs(now + Int64(ttl) - expiry) <= 2, "the same expiry carried over: \(ttl) s left")
+            #expect(try c.get("gone") == nil, "a deleted key is never resurrected")
+            let counts = sync.snapshot
+            #expect(counts.misses >= 2 && counts.l3Hits == 1 && counts.promoted == 1 && counts.failures == 0)
+
+            // A newer write wins over a promotion (add semantics): L3 holds an older value.
+            try store.put(key: Array("race".utf8), item: L3Item(value: [9], flags: 0, exptimeUnix: 0, version: 1, storedUnix: 0))
+            #expect(try c.set("race", Array("new".utf8)) == .stored)
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("race".utf8)))
+            #expect(sync.drain())
+            #expect(try c.get("race")?.data == Array("new".utf8))
+            #expect(sync.snapshot.promotionsRaced == 1)
+        }
+    }
+
+    @Test func flushAllEmptiesL3() throws {
+        let store = InMemoryL3Store()
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
+            defer { sync.stop() }
+            let probed = try ProbedMemcached(server: a, binary: LoopbackMemcached.binary)
+            let c = try a.tcp()
+            #expect(try c.set("f1", [1]) == .stored)
+            try pump(probed, sync) { try store.get(key: Array("f1".utf8)) != nil }
+            #expect(try c.flushAll() == .ok)
+            try pump(probed, sync) { sync.snapshot.flushes == 1 }
+            #expect(try store.get(key: Array("f1".utf8)) == nil)
+        }
+    }
+}
