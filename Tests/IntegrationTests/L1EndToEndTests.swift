@@ -20,13 +20,21 @@ struct L1EndToEndTests {
     /// With `probes`, `attach --pid` puts memcached's uprobes in charge of invalidation (ingress
     /// write parsing off).
     static func withL1(probes: Bool = false, _ body: (Testbed) throws -> Void) throws {
+        try withL1(probeArguments: probes ? { _, pid in ["--pid", String(pid)] } : nil) { tb, _, _ in try body(tb) }
+    }
+
+    /// `probeArguments(testbed, memcached pid)`: the uprobe options of `attach`. The body gets the
+    /// testbed, memcached's pid and the daemon's log.
+    static func withL1(probeArguments: ((Testbed, Int32) -> [String])?, memcachedSurvives: Bool = true,
+                       _ body: (Testbed, Int32, OutputFile) throws -> Void) throws {
         try Privilege.require()
+        let probes = probeArguments != nil
         try Testbed.with { tb in
             let memcached = try tb.startMemcached(["-t", "2"])
             let log = OutputFile()
             let attach = try ChildProcess(
                 "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"]
-                    + (probes ? ["--pid", String(memcached)] : []),
+                    + (probeArguments?(tb, memcached) ?? []),
                 stdout: log.path, stderr: log.path)
             defer {
                 if !attach.hasExited { attach.signal(SIGKILL) }
@@ -46,14 +54,14 @@ struct L1EndToEndTests {
                 guard log.contents().contains("uprobes:") else { throw HarnessError("no uprobes: \(log.contents())") }
             }
 
-            try body(tb)
+            try body(tb, memcached, log)
 
             attach.signal(SIGTERM)
             let status = attach.wait(timeout: .seconds(20))
             #expect(status == 0, "cxl-bmc attach exit status after SIGTERM: \(String(describing: status)); log: \(log.contents())")
             #expect(try !xdpAttached(tb), "XDP program left on the interface after SIGTERM")
             #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after SIGTERM")
-            #expect(kill(memcached, 0) == 0, "memcached must keep running")
+            #expect(kill(memcached, 0) == 0 || !memcachedSurvives, "memcached must keep running")
             if probes { #expect(log.contents().contains("detached the uprobes"), "\(log.contents())") }
         }
     }
@@ -210,6 +218,45 @@ struct L1EndToEndTests {
             #expect(!FileManager.default.fileExists(atPath: pin))
             let filters = try tb.runInServer("/sbin/tc", ["filter", "show", "dev", tb.serverIF, "egress"])
             #expect(!filters.stdout.contains("tc_mcache_fill"), "\(filters.stdout)")
+        }
+    }
+
+    /// The whole path on one host: a set is written through to L3 (in memory here); memcached is
+    /// killed and a new one started (probed automatically: `--memcached` covers future processes in
+    /// the namespace); a GET misses, L3 answers, the item is promoted, and the next GET hits —
+    /// byte-exact with its flags — and is then served by L1 over UDP.
+    @Test func itemLostByMemcachedIsPromotedBackFromL3() throws {
+        try Self.withL1(probeArguments: { tb, _ in
+            ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211"]
+        }, memcachedSurvives: false) { tb, memcached, log in
+            let value = "promoted-\(UInt64.random(in: 0...UInt64.max))"
+            let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pk 31 600 \(value.utf8.count)\r\n\(value)\r\n"])
+            #expect(set.status == 0 && set.stdout.contains("stored"), "\(set)")
+            usleep(300_000) // the event reaches L3
+            kill(memcached, SIGKILL)
+            usleep(300_000)
+            let second = try tb.startMemcached(["-t", "2"])
+            defer { kill(second, SIGKILL) }
+            usleep(300_000) // the probes arm in the new process
+            let miss = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"])
+            #expect(!miss.stdout.contains(value), "the new memcached starts empty: \(miss)")
+            let deadline = ContinuousClock.now + .seconds(5)
+            var hit = ""
+            while ContinuousClock.now < deadline {
+                usleep(100_000)
+                hit = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"]).stdout
+                if hit.contains(value) { break }
+            }
+            #expect(hit.contains("pk flags=31 bytes=\(value.utf8.count): \"\(value)\""), "promoted: \(hit); log: \(log.contents())")
+            // And L1 serves it from then on (UDP; the promotion's own store gave L1 its TTL).
+            var udpHits = 0
+            for _ in 0..<5 {
+                let udp = try tb.mcLoad(["get", "--server", tb.serverIP4, "--udp", "pk"])
+                if udp.stdout.contains(value) { udpHits += 1 }
+            }
+            #expect(udpHits == 5)
+            let stats = try Self.stats(tb)
+            #expect(stats["hit"]! >= 3, "L1 hits after the promotion: \(stats)")
         }
     }
 
