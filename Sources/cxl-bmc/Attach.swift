@@ -80,6 +80,9 @@ struct Attach: ParsableCommand {
         help: ArgumentHelp("memcached's TCP address, where L3 promotes items and fetches large values (default: 127.0.0.1 and --port).", valueName: "HOST:PORT"))
     var memcachedAddress: String?
 
+    @Option(name: .customLong("stats-interval"), help: ArgumentHelp("Print a block of counters (L1, memcached's events, L3) every SEC seconds (0: never).", valueName: "SEC"))
+    var statsInterval: Int = 0
+
     @OptionGroup var pins: PinOptions
 
     var l3Wanted: Bool { noCXL }
@@ -99,6 +102,7 @@ struct Attach: ParsableCommand {
             throw ValidationError("--l1-entries must be between 1 and \(maxEntries)")
         }
         guard port > 0 else { throw ValidationError("--port must be between 1 and 65535") }
+        guard statsInterval >= 0 else { throw ValidationError("--stats-interval must be 0 (off) or a number of seconds") }
         guard unknownTTL >= 0, unknownTTL <= 315_360_000 else {
             throw ValidationError("--unknown-ttl must be between 0 and 315360000 seconds (10 years)")
         }
@@ -108,7 +112,7 @@ struct Attach: ParsableCommand {
         try CLI.run {
             // Take SIGINT/SIGTERM over before attaching, so a signal during the
             // attach detaches cleanly instead of killing us half-way.
-            let daemon = Daemon(keepPins: keepPins)
+            let daemon = Daemon(keepPins: keepPins, statsInterval: statsInterval)
             let geometry = L1Geometry.forEntries(l1Entries)
             let cache = try L1Cache.attach(
                 interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
@@ -189,8 +193,12 @@ final class Daemon: @unchecked Sendable {
     private let drainStop = StopFlag()
 
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
-    init(keepPins: Bool) {
+    private let statsInterval: Int
+    private var ticks = 0
+
+    init(keepPins: Bool, statsInterval: Int = 0) {
         self.keepPins = keepPins
+        self.statsInterval = statsInterval
         // A closed stdout (`| head`) must not kill us before we detach.
         signal(SIGPIPE, SIG_IGN)
         for signalNumber in [SIGINT, SIGTERM] {
@@ -260,6 +268,8 @@ final class Daemon: @unchecked Sendable {
 
     private func tick() {
         guard !stopped, let cache else { return }
+        ticks += 1
+        if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache) }
         // Someone else detached L1 only if queries that succeed stop showing our program
         // several ticks in a row: a failed query says nothing, and a single empty answer has
         // been seen while the program was attached (a link dump racing interface changes).
@@ -285,6 +295,26 @@ final class Daemon: @unchecked Sendable {
         } catch {
             logger.warning("periodic maintenance failed: \(error)")
         }
+    }
+
+    /// The `--stats-interval` block: what each tier did since start.
+    private func printStats(_ cache: L1Cache) {
+        var lines = ["--- cxl-bmc \(cache.interface.name) after \(ticks) s"]
+        if let l1 = try? cache.stats() {
+            let gets = l1["get_seen"] ?? 0, hits = l1["hit"] ?? 0
+            let ratio = gets > 0 ? String(format: "%.3f", Double(hits) / Double(gets)) : "-"
+            lines.append("L1: \(gets) UDP GETs, \(hits) hits (ratio \(ratio)), \(l1["fill"] ?? 0) fills, \(l1["fill_refused"] ?? 0) refused")
+        }
+        if let probes, let p = try? probes.stats() {
+            lines.append("memcached: \(p.emitted(.store)) stores, \(p.emitted(.miss)) misses, \(p.emitted(.delete)) deletes, \(p.emitted(.evict)) evictions; events \(p.emitted) emitted, \(p.lost) lost")
+        }
+        if let sync {
+            let c = sync.snapshot
+            let avg = c.promoted > 0 ? String(format: "%.0f µs", Double(c.promotionNsTotal) / Double(c.promoted) / 1000) : "-"
+            lines.append("L3: \(c.stores) written through, \(c.l3Hits) misses answered, \(c.promoted) promoted (avg \(avg)), \(c.promotionsRaced) raced, \(c.dropped) dropped, \(c.failures) failures")
+        }
+        print(lines.joined(separator: "\n"))
+        fflush(nil)
     }
 
     private func stop(signal signalNumber: Int32) {

@@ -227,7 +227,8 @@ struct L1EndToEndTests {
     /// byte-exact with its flags — and is then served by L1 over UDP.
     @Test func itemLostByMemcachedIsPromotedBackFromL3() throws {
         try Self.withL1(probeArguments: { tb, _ in
-            ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211"]
+            ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211",
+             "--stats-interval", "1"]
         }, memcachedSurvives: false) { tb, memcached, log in
             let value = "promoted-\(UInt64.random(in: 0...UInt64.max))"
             let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pk 31 600 \(value.utf8.count)\r\n\(value)\r\n"])
@@ -257,6 +258,9 @@ struct L1EndToEndTests {
             #expect(udpHits == 5)
             let stats = try Self.stats(tb)
             #expect(stats["hit"]! >= 3, "L1 hits after the promotion: \(stats)")
+            usleep(1_200_000)
+            let block = log.contents()
+            #expect(block.contains("L3: ") && block.contains("1 promoted"), "the --stats-interval block: \(block)")
         }
     }
 
