@@ -13,7 +13,8 @@ public protocol L3Store: AnyObject, Sendable {
     /// The live item, nil on a miss (absent, expired, flushed, or not validated).
     func get(key: [UInt8]) throws -> L3Item?
     /// flush_all: every item stored before `unixTime` is gone from then on (now,
-    /// if `unixTime` has passed: events arrive in order, so everything held is older).
+    /// if `unixTime` has passed: events arrive in order, so everything held is
+    /// older). `Int64.max`: everything, now.
     func flush(storedBefore unixTime: Int64) throws
 }
 
@@ -89,7 +90,7 @@ public final class InMemoryL3Store: L3Store {
     public func flush(storedBefore unixTime: Int64) throws {
         let now = clock()
         state.withLock { s in
-            if unixTime <= now {
+            if unixTime <= now || unixTime == Int64.max {
                 // Events arrive in order: everything held was stored before this flush.
                 s.items.removeAll()
             } else {

@@ -32,7 +32,9 @@ public final class L3Sync: Sendable {
         public var dropped: UInt64 = 0
         /// L3 or memcached errors (each logged by the caller's counters, never silent).
         public var failures: UInt64 = 0
-        /// Sum and count of promotion latencies (miss event → memcached's HD), ns.
+        /// Times L3 was emptied because events were lost.
+        public var resyncs: UInt64 = 0
+        /// Sum of promotion latencies (miss event → memcached's HD), ns.
         public var promotionNsTotal: UInt64 = 0
     }
 
@@ -51,9 +53,17 @@ public final class L3Sync: Sendable {
     private let stopped = Atomic<Bool>(false)
     private let idle = DispatchSemaphore(value: 0)
 
+    /// Events lost so far (the probes' counter), read before every promotion;
+    /// nil when it cannot be read (then L3 is not trusted either).
+    private let lostEvents: @Sendable () -> UInt64?
+    private let lostSeen = Mutex<UInt64>(0)
+
     /// `host`/`port`: memcached's TCP address, for fetches and promotions.
-    public init(store: any L3Store, memcachedHost host: String, port: UInt16, queueCapacity: Int = 65536) {
+    /// `lostEvents`: the probes' count of events lost (ring buffer full).
+    public init(store: any L3Store, memcachedHost host: String, port: UInt16, queueCapacity: Int = 65536,
+                lostEvents: @escaping @Sendable () -> UInt64? = { 0 }) {
         self.store = store
+        self.lostEvents = lostEvents
         self.host = host
         self.port = port
         self.queueCapacity = queueCapacity
@@ -74,6 +84,33 @@ public final class L3Sync: Sendable {
     }
 
     private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    /// If events were lost (the ring buffer was full) since the last look,
+    /// whatever they said (a delete, say) is unknown, so nothing L3 holds may
+    /// be promoted over memcached any more: L3 drops it all and refills from
+    /// new writes. Checked before every promotion and by the consumer.
+    /// Returns whether it emptied L3.
+    @discardableResult
+    public func checkLostEvents() -> Bool {
+        let fresh: Bool
+        if let lost = lostEvents() {
+            fresh = lostSeen.withLock { seen -> Bool in
+                guard lost > seen else { return false }
+                seen = lost
+                return true
+            }
+        } else {
+            fresh = true
+        }
+        guard fresh else { return false }
+        do {
+            try store.flush(storedBefore: Int64.max)
+            count { $0.resyncs += 1 }
+        } catch {
+            count { $0.failures += 1 }
+        }
+        return true
+    }
 
     /// Applies one event (consumer thread).
     public func apply(_ event: MemcachedEvent) {
@@ -176,6 +213,7 @@ public final class L3Sync: Sendable {
                 try store.put(key: event.key, item: item(event, value: value, flags: flags))
             }
         case .promote(let key, let missAt):
+            checkLostEvents()
             guard let hit = try store.get(key: key) else { return }
             count { $0.l3Hits += 1 }
             var flags = ["F\(hit.flags)", "ME"]

@@ -134,7 +134,9 @@ struct Attach: ParsableCommand {
                 var sync: L3Sync?
                 if l3Wanted {
                     let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
-                    sync = L3Sync(store: InMemoryL3Store(), memcachedHost: host, port: tcpPort)
+                    nonisolated(unsafe) let counterSource = probes
+                    sync = L3Sync(store: InMemoryL3Store(), memcachedHost: host, port: tcpPort,
+                                  lostEvents: { try? counterSource.stats().lost })
                     print("L3: in memory (--no-cxl); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
                     fflush(nil)
                 }
@@ -236,6 +238,7 @@ final class Daemon: @unchecked Sendable {
                 guard ContinuousClock.now >= nextLossCheck else { continue }
                 nextLossCheck = .now + .seconds(1)
                 if let lost = try? probes.stats().lost, lost > lostSeen {
+                    sync?.checkLostEvents()
                     logger.warning("\(lost - lostSeen) memcached events lost (ring buffer full); \(lost) in all")
                     lostSeen = lost
                 }

@@ -1,5 +1,6 @@
 import Foundation
 import L3Sync
+import Synchronization
 import MemcacheClient
 import MemcachedProbes
 import Testing
@@ -75,6 +76,30 @@ struct L3SyncTests {
             #expect(sync.drain())
             #expect(try c.get("race")?.data == Array("new".utf8))
             #expect(sync.snapshot.promotionsRaced == 1)
+        }
+    }
+
+    /// Lost events may have been deletes: after a loss nothing in L3 is promoted, L3 is emptied.
+    @Test func lostEventsStopPromotionsAndEmptyL3() throws {
+        let store = InMemoryL3Store()
+        let lost = Mutex<UInt64>(0)
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
+                              lostEvents: { lost.withLock { $0 } })
+            defer { sync.stop() }
+            try store.put(key: Array("x".utf8), item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 1, storedUnix: 0))
+            lost.withLock { $0 = 3 }
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("x".utf8)))
+            #expect(sync.drain())
+            #expect(try a.tcp().get("x") == nil, "not promoted after a loss")
+            #expect(try store.get(key: Array("x".utf8)) == nil)
+            #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promoted == 0)
+            // No new loss: promotions resume.
+            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: 2, storedUnix: 0))
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("y".utf8)))
+            #expect(sync.drain())
+            #expect(try a.tcp().get("y")?.data == [2])
+            #expect(sync.snapshot.resyncs == 1)
         }
     }
 
