@@ -24,17 +24,16 @@ public struct L3Item: Sendable, Equatable {
     public var flags: UInt32
     /// Absolute unix seconds; 0 = never.
     public var exptimeUnix: Int64
-    /// Orders writes to one key: the event's timestamp (monotonic ns) on its host.
+    /// Orders writes to one key, and says when the write happened: wall-clock
+    /// nanoseconds of memcached's event (so versions survive daemon restarts,
+    /// and "stored before T" for flush_all is `version < T`).
     public var version: UInt64
-    /// Wall-clock second the write happened (for delayed flushes).
-    public var storedUnix: Int64
 
-    public init(value: [UInt8], flags: UInt32, exptimeUnix: Int64, version: UInt64, storedUnix: Int64) {
+    public init(value: [UInt8], flags: UInt32, exptimeUnix: Int64, version: UInt64) {
         self.value = value
         self.flags = flags
         self.exptimeUnix = exptimeUnix
         self.version = version
-        self.storedUnix = storedUnix
     }
 
     public func isExpired(now: Int64) -> Bool { exptimeUnix != 0 && exptimeUnix <= now }
@@ -82,7 +81,9 @@ public final class InMemoryL3Store: L3Store {
         let now = clock()
         return state.withLock { s in
             guard let item = s.items[key], !item.isExpired(now: now) else { return nil }
-            if s.flushBefore != 0 && now >= s.flushBefore && item.storedUnix < s.flushBefore { return nil }
+            if s.flushBefore != 0 && now >= s.flushBefore && item.version < UInt64(s.flushBefore) * 1_000_000_000 {
+                return nil
+            }
             return item
         }
     }

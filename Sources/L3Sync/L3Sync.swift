@@ -125,19 +125,18 @@ public final class L3Sync: Sendable {
                 }
             case .delete:
                 count { $0.deletes += 1 }
-                try store.delete(key: event.key, version: event.timestampNs)
+                try store.delete(key: event.key, version: version(event))
             case .touch:
                 count { $0.touches += 1 }
                 if let exptime = event.exptimeUnix {
-                    try store.touch(key: event.key, exptimeUnix: exptime, version: event.timestampNs)
+                    try store.touch(key: event.key, exptimeUnix: exptime, version: version(event))
                 }
             case .delta:
                 count { $0.deltas += 1 }
                 if let old = try store.get(key: event.key) {
                     var updated = old
                     updated.value = Array(String(event.number).utf8)
-                    updated.version = event.timestampNs
-                    updated.storedUnix = Self.now()
+                    updated.version = version(event)
                     try store.put(key: event.key, item: updated)
                 } else {
                     enqueue(.fetch(event))
@@ -160,8 +159,21 @@ public final class L3Sync: Sendable {
     }
 
     private func item(_ event: MemcachedEvent, value: [UInt8], flags: UInt32) -> L3Item {
-        L3Item(value: value, flags: flags, exptimeUnix: event.exptimeUnix ?? 0, version: event.timestampNs,
-               storedUnix: Self.now())
+        L3Item(value: value, flags: flags, exptimeUnix: event.exptimeUnix ?? 0, version: version(event))
+    }
+
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC when this started: turns events'
+    /// monotonic timestamps into wall-clock versions.
+    private let realtimeOffsetNs: Int64 = {
+        var mono = timespec(), real = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        clock_gettime(CLOCK_REALTIME, &real)
+        return (Int64(real.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(real.tv_nsec) - Int64(mono.tv_nsec)
+    }()
+
+    /// The event's wall-clock time in ns: its L3 version.
+    private func version(_ event: MemcachedEvent) -> UInt64 {
+        UInt64(max(1, Int64(event.timestampNs) + realtimeOffsetNs))
     }
 
     private func enqueue(_ job: Job) {

@@ -70,7 +70,7 @@ struct L3SyncTests {
             #expect(counts.misses >= 2 && counts.l3Hits == 1 && counts.promoted == 1 && counts.failures == 0)
 
             // A newer write wins over a promotion (add semantics): L3 holds an older value.
-            try store.put(key: Array("race".utf8), item: L3Item(value: [9], flags: 0, exptimeUnix: 0, version: 1, storedUnix: 0))
+            try store.put(key: Array("race".utf8), item: L3Item(value: [9], flags: 0, exptimeUnix: 0, version: 1))
             #expect(try c.set("race", Array("new".utf8)) == .stored)
             sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("race".utf8)))
             #expect(sync.drain())
@@ -87,7 +87,7 @@ struct L3SyncTests {
             let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
                               lostEvents: { lost.withLock { $0 } })
             defer { sync.stop() }
-            try store.put(key: Array("x".utf8), item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 1, storedUnix: 0))
+            try store.put(key: Array("x".utf8), item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 1))
             lost.withLock { $0 = 3 }
             sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("x".utf8)))
             #expect(sync.drain())
@@ -95,12 +95,31 @@ struct L3SyncTests {
             #expect(try store.get(key: Array("x".utf8)) == nil)
             #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promoted == 0)
             // No new loss: promotions resume.
-            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: 2, storedUnix: 0))
+            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: 2))
             sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("y".utf8)))
             #expect(sync.drain())
             #expect(try a.tcp().get("y")?.data == [2])
             #expect(sync.snapshot.resyncs == 1)
         }
+    }
+
+    /// flush_all with a delay: items stored before the flush time disappear at that time, not
+    /// before; items stored after it stay (versions are wall-clock ns of the write).
+    @Test func delayedFlushTakesEffectAtItsTime() throws {
+        let now = Mutex<Int64>(1_000_000)
+        let store = InMemoryL3Store(clock: { now.withLock { $0 } })
+        let ns: (Int64) -> UInt64 = { UInt64($0) * 1_000_000_000 }
+        try store.put(key: [1], item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: ns(999_999)))
+        try store.flush(storedBefore: 1_000_005)
+        #expect(try store.get(key: [1]) != nil, "not yet")
+        now.withLock { $0 = 1_000_006 }
+        try store.put(key: [2], item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: ns(1_000_006)))
+        #expect(try store.get(key: [1]) == nil, "stored before the flush time")
+        #expect(try store.get(key: [2]) != nil, "stored after it")
+        // A late put of an older version cannot come back after a delete.
+        try store.delete(key: [2], version: ns(1_000_007))
+        try store.put(key: [2], item: L3Item(value: [3], flags: 0, exptimeUnix: 0, version: ns(1_000_006) + 1))
+        #expect(try store.get(key: [2]) == nil)
     }
 
     @Test func flushAllEmptiesL3() throws {
