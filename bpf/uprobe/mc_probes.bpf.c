@@ -27,6 +27,7 @@
 
 #define MCACHE_MAPS_PROBE_SUBSET
 #include "mcache_maps.bpf.h"
+#include "mcache_hash.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -176,20 +177,19 @@ static __always_inline __u64 reg_value(struct pt_regs *ctx, __u32 reg)
 
 static __always_inline __u64 fnv1a(const __u8 *key, __u32 len)
 {
-	__u64 h = 0xcbf29ce484222325ULL;
+	__u64 h = L1_FNV_OFFSET;
 	for (__u32 i = 0; i < MC_MAX_KEY_LEN; i++) {
 		if (i >= len)
 			break;
-		h ^= key[i];
-		h *= 0x100000001b3ULL;
+		h = l1_hash_step(h, key[i]);
 	}
 	return h;
 }
 
 /* A write to this key is being applied: bump its set's write generation so
- * no fill in flight completes and no way validated before is served; keep
- * the key's exact TTL for future fills (ttl_rel: memcached's exptime, 0 =
- * never; ~0 = unchanged). */
+ * no fill in flight completes and no way validated before is served. With
+ * set_ttl, keep the key's exact TTL for future fills (exptime_rel is
+ * memcached's exptime, 0 = never). */
 static __always_inline void l1_write(struct mc_probe_config *cfg, const __u8 *key, __u32 len,
 				     __u32 exptime_rel, __u32 now_rel, int set_ttl)
 {
@@ -200,7 +200,7 @@ static __always_inline void l1_write(struct mc_probe_config *cfg, const __u8 *ke
 	if (!l1 || !(l1->flags & L1_CFG_ENABLED))
 		return;
 	__u64 h = fnv1a(key, len);
-	__u32 idx = ((__u32)h ^ (__u32)(h >> 32)) & l1->set_mask;
+	__u32 idx = set_index(h, l1->set_mask);
 	__u32 *wgen = bpf_map_lookup_elem(&mcache_wgen, &idx);
 	if (wgen)
 		__sync_fetch_and_add(wgen, 1);
