@@ -273,6 +273,11 @@ final class Daemon: @unchecked Sendable {
         guard !stopped, let cache else { return }
         ticks += 1
         if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache) }
+        if probes != nil {
+            let status = DaemonStatus(pid: getpid(), interface: cache.interface.name,
+                                      probes: try? probes?.stats(), sync: sync?.snapshot)
+            do { try status.write() } catch { logger.warning("could not publish the daemon's status: \(error)") }
+        }
         // Someone else detached L1 only if queries that succeed stop showing our program
         // several ticks in a row: a failed query says nothing, and a single empty answer has
         // been seen while the program was attached (a link dump racing interface changes).
@@ -328,6 +333,7 @@ final class Daemon: @unchecked Sendable {
             return
         }
         logger.info("signal \(signalNumber): detaching from \(cache.interface.name)\(keepPins ? ", keeping the pins" : "")")
+        DaemonStatus.remove(interface: cache.interface.name)
         // L1 goes first: while it serves, the probes must keep invalidating it.
         do {
             try cache.detach(keepPins: keepPins)
