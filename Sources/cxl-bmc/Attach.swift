@@ -83,6 +83,9 @@ struct Attach: ParsableCommand {
     @Option(name: .customLong("stats-interval"), help: ArgumentHelp("Print a block of counters (L1, memcached's events, L3) every SEC seconds (0: never).", valueName: "SEC"))
     var statsInterval: Int = 0
 
+    @Option(name: .customLong("metrics"), help: ArgumentHelp("Serve every counter in Prometheus text format at http://ADDR:PORT/metrics.", valueName: "ADDR:PORT"))
+    var metricsAddress: String?
+
     @OptionGroup var pins: PinOptions
 
     var l3Wanted: Bool { noCXL }
@@ -90,6 +93,9 @@ struct Attach: ParsableCommand {
     func validate() throws {
         if l3Wanted && !memcached.given {
             throw ValidationError("L3 (--no-cxl) works from memcached's events: add --memcached PATH or --pid PID")
+        }
+        if let metricsAddress, Events.hostPort(metricsAddress) == nil {
+            throw ValidationError("--metrics wants ADDR:PORT, got \(metricsAddress)")
         }
         if let memcachedAddress, Events.hostPort(memcachedAddress) == nil {
             throw ValidationError("--memcached-addr wants HOST:PORT, got \(memcachedAddress)")
@@ -113,6 +119,10 @@ struct Attach: ParsableCommand {
             // Take SIGINT/SIGTERM over before attaching, so a signal during the
             // attach detaches cleanly instead of killing us half-way.
             let daemon = Daemon(keepPins: keepPins, statsInterval: statsInterval)
+            if let metricsAddress, let (host, metricsPort) = Events.hostPort(metricsAddress) {
+                daemon.metrics = try MetricsExporter(host: host, port: metricsPort)
+                print("metrics: http://\(daemon.metrics!.address)/metrics")
+            }
             let geometry = L1Geometry.forEntries(l1Entries)
             let cache = try L1Cache.attach(
                 interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
@@ -197,6 +207,8 @@ final class Daemon: @unchecked Sendable {
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
     private let statsInterval: Int
     private var ticks = 0
+    /// Set before ``run(_:)``.
+    var metrics: MetricsExporter?
 
     init(keepPins: Bool, statsInterval: Int = 0) {
         self.keepPins = keepPins
@@ -273,6 +285,7 @@ final class Daemon: @unchecked Sendable {
         guard !stopped, let cache else { return }
         ticks += 1
         if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache) }
+        metrics?.update(l1: try? cache.stats(), probes: try? probes?.stats(), l3: sync?.snapshot)
         if probes != nil {
             let status = DaemonStatus(pid: getpid(), interface: cache.interface.name,
                                       probes: try? probes?.stats(), sync: sync?.snapshot)

@@ -232,7 +232,7 @@ struct L1EndToEndTests {
     @Test func itemLostByMemcachedIsPromotedBackFromL3() throws {
         try Self.withL1(probeArguments: { tb, _ in
             ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211",
-             "--stats-interval", "1"]
+             "--stats-interval", "1", "--metrics", "127.0.0.1:9477"]
         }, memcachedSurvives: false) { tb, memcached, log in
             let value = "promoted-\(UInt64.random(in: 0...UInt64.max))"
             let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pk 31 600 \(value.utf8.count)\r\n\(value)\r\n"])
@@ -270,6 +270,12 @@ struct L1EndToEndTests {
             #expect(other.status == 0 && other.stdout.contains("\"promoted\":1") && other.stdout.contains("\"store\":"),
                     "\(other)")
             #expect(FileManager.default.fileExists(atPath: "/run/cxl-bmc/\(tb.serverIF).json"))
+            // And in Prometheus format.
+            let scrape = try tb.runInServer("/usr/bin/curl", ["-sf", "http://127.0.0.1:9477/metrics"])
+            #expect(scrape.status == 0 && scrape.stdout.contains("cxlbmc_l3_promoted_total 1")
+                    && scrape.stdout.contains("# TYPE cxlbmc_l1_hit_total counter"), "\(scrape)")
+            let notFound = try tb.runInServer("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9477/"])
+            #expect(notFound.stdout == "404", "\(notFound)")
         }
     }
 
