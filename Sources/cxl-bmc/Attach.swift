@@ -36,6 +36,17 @@ struct Attach: ParsableCommand {
             are refused: run `cxl-bmc detach IFACE` first.
 
             If `cxl-bmc detach IFACE` is run meanwhile, this process notices and exits.
+
+            With --memcached PATH (every process of that binary in this network namespace, \
+            now and later) or --pid PID, it also puts uprobes on memcached (see `cxl-bmc \
+            events --help`): they bump L1's generations when memcached applies each write, so \
+            ingress stops parsing writes (--wire-writes keeps it too). With --no-cxl, \
+            memcached's events also keep L3 in this process's memory: every write goes \
+            through, and a GET miss L3 can answer is promoted back into memcached \
+            (--memcached-addr) with add semantics, never over a newer write. Its counters are \
+            published every second to /run/cxl-bmc/IFACE.json (read by `cxl-bmc stats`), \
+            printed with --stats-interval, and served with --metrics. On exit L1 is detached \
+            first, then the uprobes.
             """
     )
 
@@ -48,7 +59,8 @@ struct Attach: ParsableCommand {
     @Flag(help: "Attach the egress program to IFACE's clsact egress hook (creating the qdisc if needed).")
     var tcAttach = false
 
-    @Option(name: .customLong("l1-entries"), help: "Items L1 holds, rounded up to a power-of-two number of 8-way sets.")
+    @Option(name: [.customShort("s"), .customLong("l1-entries"), .customLong("cache-size")],
+            help: "Items L1 holds, rounded up to a power-of-two number of 8-way sets.")
     var l1Entries = 32768
 
     @Option(

@@ -10,13 +10,13 @@ import Glibc
 /// Options naming the memcached to probe, shared by `events` and `attach`.
 struct MemcachedTargetOptions: ParsableArguments {
     @Option(
-        name: .customLong("memcached"),
+        name: [.customShort("m"), .customLong("memcached")],
         help: ArgumentHelp(
             "Probe every process running this memcached binary, now and later, in this network namespace.",
             valueName: "PATH"))
     var binary: String?
 
-    @Option(name: .customLong("pid"), help: "Probe this memcached process only.")
+    @Option(name: [.customShort("p"), .customLong("pid")], help: "Probe this memcached process only.")
     var pid: Int32?
 
     @Option(
