@@ -13,8 +13,11 @@ SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
 
+# Debian's packages, then Debian's memcached source rebuilt with symbols (cached under
+# /var/cache/cxl-bmc; the uprobe tests run against both builds).
 deps:
 	bash kernel-scripts/install-deps.sh
+	bash kernel-scripts/build-memcached.sh
 
 # The build comes first so that a compile error stops before any test runs; the tests find mc-load
 # and cxl-bmc next to the test binary.
@@ -33,6 +36,7 @@ bench: deps
 	mkdir -p docs/benchmarks
 	$(SCRATCH)/release/cxl-bmc-bench --runs 50000 | tee docs/benchmarks/programs.txt
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
+	python3 kernel-scripts/bench_uprobes.py --build-dir $(SCRATCH)/release --out docs/benchmarks/uprobes.md
 	$(MAKE) bench-peering SCRATCH=$(SCRATCH)
 
 # Peering transport: remote get p50/p99 over loopback TCP and over a veth pair into a netns (root),

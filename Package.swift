@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
@@ -44,9 +45,10 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI", "Peering",
+                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync", "Peering",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -56,6 +58,18 @@ let package = Package(
         // build-id debug files, or a shipped offset table checked against the
         // functions' prologue bytes.
         .target(name: "ProbeTargets", resources: [.copy("Offsets")]),
+
+        // Uprobes on vanilla memcached (bpf/uprobe): targets, attach, typed events.
+        .target(
+            name: "MemcachedProbes",
+            dependencies: [
+                "Loader", "ProbeTargets", "CXLBMCABI", "MemcacheClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // L3 kept in step with memcached: write-through from its events, promotion on misses.
+        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient"]),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
@@ -79,7 +93,7 @@ let package = Package(
         ),
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
 
         // L3 across hosts: cluster config, placement (consistent hashing), and the

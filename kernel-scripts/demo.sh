@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: L1 in front of Debian's memcached in a two-namespace test bed, the user's flow
-# step by step: attach, pin and tc-attach the egress filter by hand, load, stats, a write, detach.
+# step by step: attach, pin and tc-attach the egress filter by hand, load, stats, a write, detach;
+# then uprobes on memcached and L3: memcached killed and restarted, its items promoted back.
 # Everything it creates is removed at the end (or on Ctrl-C). Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,4 +64,34 @@ step "Detach (SIGTERM): XDP removed, pins removed, memcached untouched"
 kill -TERM "$attach_pid"; wait "$attach_pid" || true; attach_pid=
 srv ip -d link show "$SERVER_IF" | grep -q "prog/xdp" && echo "XDP still attached!" || echo "no XDP program on $SERVER_IF"
 [ -d "/sys/fs/bpf/cxl-bmc/$SERVER_IF" ] && echo "pins left!" || echo "no pins left"
+kill -0 "$MEMCACHED_PID" && echo "memcached $MEMCACHED_PID still running"
+
+step "cxl-bmc attach $SERVER_IF --memcached /usr/bin/memcached --no-cxl: uprobes invalidate L1, L3 keeps every write"
+nsenter --net="/run/netns/$SERVER_NS" "$cxlbmc" attach "$SERVER_IF" --tc-attach --memcached /usr/bin/memcached \
+    --no-cxl --memcached-addr "$SERVER_IP4:11211" > "$log" 2>&1 &
+attach_pid=$!
+for _ in $(seq 100); do grep -q "^L3:" "$log" 2>/dev/null && break; sleep 0.1; done
+cat "$log"
+cli "$mcload" raw --server "$SERVER_IP4" 'set profile:42 7 600 17\r\n{"name":"Ada L."}\r\n'
+cli "$mcload" raw --server "$SERVER_IP4" 'set session:9 0 600 5\r\nhello\r\n'
+sleep 0.5
+
+step "memcached dies (kill -9) and a new, empty one starts: the probes arm in it by themselves"
+kill -9 "$MEMCACHED_PID"
+sleep 0.3
+eval "$(bash "$here/testbed.sh" memcached "$name" -t 1)"
+echo "new memcached pid $MEMCACHED_PID"
+sleep 0.5
+
+step "First GET misses in memcached; L3 answers and promotes (ms ... ME: add, never over a newer write)"
+cli "$mcload" get --server "$SERVER_IP4" profile:42 session:9 || true
+sleep 0.5
+echo "again:"
+cli "$mcload" get --server "$SERVER_IP4" profile:42 session:9
+echo "and over UDP (L1):"
+cli "$mcload" get --udp --server "$SERVER_IP4" profile:42
+
+step "Detach: L1 first, then the uprobes; L3's counters"
+kill -TERM "$attach_pid"; wait "$attach_pid" || true; attach_pid=
+tail -4 "$log"
 kill -0 "$MEMCACHED_PID" && echo "memcached $MEMCACHED_PID still running"

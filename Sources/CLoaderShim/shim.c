@@ -305,3 +305,10 @@ int cxlbmc_mount_bpffs(const char *path)
 {
 	return mount("bpf", path, "bpf", 0, "mode=0700") ? -errno : 0;
 }
+
+struct bpf_link *cxlbmc_attach_uprobe(struct bpf_program *prog, int pid, const char *binary,
+				      size_t offset, int retprobe, __u64 cookie)
+{
+	LIBBPF_OPTS(bpf_uprobe_opts, opts, .retprobe = retprobe != 0, .bpf_cookie = cookie);
+	return bpf_program__attach_uprobe_opts(prog, pid, binary, offset, &opts);
+}

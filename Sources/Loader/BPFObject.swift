@@ -187,6 +187,29 @@ public final class BPFObject {
             fd: bpf_program__fd(raw), name: name, owner: self, ownsFD: false)
     }
 
+    /// Attaches a loaded program as a uprobe (or uretprobe) at `fileOffset` of
+    /// `binary`, in process `pid` (-1: every process running it, now and
+    /// later). The returned link detaches when released.
+    public func attachUprobe(
+        program name: String, binary: String, fileOffset: UInt64, pid: Int32 = -1,
+        returnProbe: Bool = false, cookie: UInt64 = 0
+    ) throws -> BPFLink {
+        guard let raw = bpf_object__find_program_by_name(handle, name) else {
+            throw BPFError(.notFound, operation: "find program '\(name)' in BPF object \(self.name)")
+        }
+        try requireLoaded("program '\(name)'")
+        let what = "attach \(returnProbe ? "uretprobe" : "uprobe") \(name) at \(binary)+0x\(String(fileOffset, radix: 16))"
+            + (pid > 0 ? " (pid \(pid))" : "")
+        let ((link, code), messages) = LibraryLog.capture { () -> (OpaquePointer?, Int32) in
+            let link = cxlbmc_attach_uprobe(raw, pid, binary, Int(fileOffset), returnProbe ? 1 : 0, cookie)
+            return (link, errno)
+        }
+        guard let link else {
+            throw BPFError.system(what, errno: code, detail: messages.last, libraryMessages: messages)
+        }
+        return BPFLink(handle: link, owner: self, description: what)
+    }
+
     /// A map of this object (created or reused by ``load()``), by name.
     public func map(named name: String) throws -> BPFMap {
         let raw = try rawMap(name)
@@ -251,4 +274,26 @@ extension BPFMap {
     public var definition: BPFMapDefinition {
         BPFMapDefinition(type: type, keySize: keySize, valueSize: valueSize, maxEntries: maxEntries)
     }
+}
+
+/// An attachment made through libbpf (`struct bpf_link`): detached and freed
+/// when released or on ``detach()``.
+public final class BPFLink {
+    private var handle: OpaquePointer?
+    /// Keeps the object (and its programs) alive while attached.
+    private let owner: AnyObject
+    public let description: String
+
+    init(handle: OpaquePointer, owner: AnyObject, description: String) {
+        self.handle = handle
+        self.owner = owner
+        self.description = description
+    }
+
+    public func detach() {
+        if let handle { bpf_link__destroy(handle) }
+        handle = nil
+    }
+
+    deinit { detach() }
 }

@@ -39,6 +39,7 @@ public struct L1Geometry: Sendable, Equatable, CustomStringConvertible {
     public var maxEntries: [(map: String, entries: UInt32)] {
         [
             (L1Names.setsMap, sets),
+            (L1Names.wgenMap, sets),
             (L1Names.smallMap, sets * UInt32(L1_SMALL_WAYS)),
             (L1Names.mediumMap, sets * UInt32(L1_MEDIUM_WAYS)),
             (L1Names.largeMap, sets * UInt32(L1_LARGE_WAYS)),
@@ -258,6 +259,19 @@ public final class L1Cache {
         let configMap = try map(L1Names.configMap)
         guard var config = try configMap.lookup(UInt32(0), as: l1_config.self) else { return }
         config.realtime_offset_ns = Self.realtimeOffsetNs()
+        try configMap.update(UInt32(0), config)
+    }
+
+    /// Whether ingress tracks memcached's writes itself (off once memcached's
+    /// uprobes report them exactly: `L1_CFG_PROBE_WRITES`).
+    public func setWritesTrackedByProbes(_ probes: Bool) throws {
+        let configMap = try map(L1Names.configMap)
+        guard var config = try configMap.lookup(UInt32(0), as: l1_config.self) else { return }
+        if probes {
+            config.flags |= UInt32(L1_CFG_PROBE_WRITES)
+        } else {
+            config.flags &= ~UInt32(L1_CFG_PROBE_WRITES)
+        }
         try configMap.update(UInt32(0), config)
     }
 

@@ -22,12 +22,13 @@ public enum L1Names {
     public static let ticketsMap: String = L1_MAP_TICKETS
     public static let ttlMap: String = L1_MAP_TTL
     public static let connsMap: String = L1_MAP_CONNS
+    public static let wgenMap: String = L1_MAP_WGEN
 
     /// Every `L1_MAP_*` of the header: the maps both objects declare
     /// (mcache_maps.bpf.h) and share through their pins.
     public static let sharedMaps: [String] = [
         configMap, stateMap, statsMap, setsMap, smallMap, mediumMap, largeMap,
-        ticketsMap, ttlMap, connsMap,
+        ticketsMap, ttlMap, connsMap, wgenMap,
     ]
 
     /// Where `attach` pins the egress program inside an interface's pin directory.

@@ -1,4 +1,4 @@
-/// The few memcached binary-protocol messages the tests need: set and delete.
+/// The memcached binary-protocol messages the tests need.
 ///
 /// memcached picks a connection's protocol from its first byte, so binary requests must go on a
 /// connection that has sent no text command.
@@ -8,8 +8,18 @@ public enum MemcacheBinary {
     static let headerSize = 24
 
     public enum Opcode: UInt8, Sendable {
+        case get = 0x00
         case set = 0x01
+        case add = 0x02
+        case replace = 0x03
         case delete = 0x04
+        case increment = 0x05
+        case decrement = 0x06
+        case flush = 0x08
+        case append = 0x0e
+        case prepend = 0x0f
+        case touch = 0x1c
+        case getAndTouch = 0x1d
     }
 
     /// Response status codes memcached uses for set and delete.
@@ -43,6 +53,37 @@ public enum MemcacheBinary {
     /// A delete request.
     public static func delete(key: String, opaque: UInt32 = 0) -> [UInt8] {
         request(.delete, key: Array(key.utf8), extras: [], value: [], cas: 0, opaque: opaque)
+    }
+
+    /// A get (or getAndTouch with `exptime`) request.
+    public static func get(key: String, touch exptime: UInt32? = nil, opaque: UInt32 = 0) -> [UInt8] {
+        if let exptime {
+            return request(.getAndTouch, key: Array(key.utf8), extras: be(exptime), value: [], cas: 0, opaque: opaque)
+        }
+        return request(.get, key: Array(key.utf8), extras: [], value: [], cas: 0, opaque: opaque)
+    }
+
+    /// add / replace: extras are flags and expiration, like set.
+    public static func store(_ opcode: Opcode, key: String, value: [UInt8], flags: UInt32 = 0, exptime: UInt32 = 0,
+                             cas: UInt64 = 0, opaque: UInt32 = 0) -> [UInt8] {
+        let extras = opcode == .append || opcode == .prepend ? [] : be(flags) + be(exptime)
+        return request(opcode, key: Array(key.utf8), extras: extras, value: value, cas: cas, opaque: opaque)
+    }
+
+    /// increment / decrement: delta, initial value, expiration (0xffffffff: fail on a miss).
+    public static func arithmetic(_ opcode: Opcode, key: String, delta: UInt64, initial: UInt64 = 0,
+                                  exptime: UInt32 = 0xffff_ffff, opaque: UInt32 = 0) -> [UInt8] {
+        request(opcode, key: Array(key.utf8), extras: be(delta) + be(initial) + be(exptime), value: [], cas: 0, opaque: opaque)
+    }
+
+    /// touch: a new expiration.
+    public static func touch(key: String, exptime: UInt32, opaque: UInt32 = 0) -> [UInt8] {
+        request(.touch, key: Array(key.utf8), extras: be(exptime), value: [], cas: 0, opaque: opaque)
+    }
+
+    /// flush, optionally delayed.
+    public static func flush(delay: UInt32? = nil, opaque: UInt32 = 0) -> [UInt8] {
+        request(.flush, key: [], extras: delay.map(be) ?? [], value: [], cas: 0, opaque: opaque)
     }
 
     /// Parses one response at the start of `bytes`; nil if it is not complete yet.

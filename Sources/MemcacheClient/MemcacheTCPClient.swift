@@ -112,6 +112,12 @@ public final class MemcacheTCPClient {
         return try readBinaryResponse()
     }
 
+    /// Sends one binary-protocol request (see ``MemcacheBinary``) and reads its response.
+    public func binary(_ request: [UInt8]) throws -> MemcacheBinary.Response {
+        try socket.sendAll(request)
+        return try readBinaryResponse()
+    }
+
     /// Binary-protocol delete.
     public func binaryDelete(_ key: String) throws -> MemcacheBinary.Response {
         try socket.sendAll(MemcacheBinary.delete(key: key))

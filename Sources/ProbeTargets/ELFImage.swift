@@ -186,6 +186,21 @@ public struct ELFImage: Sendable {
 
     /// The defined function symbols of `.symtab` or `.dynsym` (empty if the table is absent).
     public func functionSymbols(in table: SymbolTable) throws -> [Symbol] {
+        try symbols(in: table, type: 2)
+    }
+
+    /// The defined data objects (global variables) of `.symtab` or `.dynsym`.
+    public func objectSymbols(in table: SymbolTable) throws -> [Symbol] {
+        try symbols(in: table, type: 1)
+    }
+
+    /// The virtual address of a file offset inside a PT_LOAD (inverse of `fileOffset(forVirtualAddress:)`).
+    public func virtualAddress(forFileOffset offset: UInt64) -> UInt64? {
+        guard let s = loadSegment(containingFileOffset: offset) else { return nil }
+        return s.virtualAddress + (offset - s.offset)
+    }
+
+    func symbols(in table: SymbolTable, type wantedType: UInt8) throws -> [Symbol] {
         let type = table == .symtab ? Self.shtSymtab : Self.shtDynsym
         guard let symtab = sections.first(where: { $0.type == type }) else { return [] }
         guard symtab.entrySize == 24 || symtab.entrySize == 0 else {
@@ -201,7 +216,7 @@ public struct ELFImage: Sendable {
             let base = i * 24
             let info = try entries.u8(base + 4)
             let shndx = try entries.u16(base + 6)
-            guard info & 0xf == 2, shndx != 0 else { continue }
+            guard info & 0xf == wantedType, shndx != 0 else { continue }
             let name = try Reader.cString(strings, at: UInt64(try entries.u32(base)), what: "\(symtab.name) symbol name")
             symbols.append(Symbol(name: name, value: try entries.u64(base + 8), size: try entries.u64(base + 16),
                                   isGlobal: info >> 4 == 1 || info >> 4 == 2))

@@ -5,7 +5,8 @@ import Foundation
 /// the offset, checked before use.
 ///
 /// Format: `#` comment lines, one of which contains `build-id <hex>`; then one
-/// entry per line: `name 0xOFFSET size=N prologue=HEX` (`size= N` is accepted too).
+/// entry per line: `name 0xOFFSET size=N prologue=HEX` (`size= N` is accepted too);
+/// global variables as `name 0xVADDR size=N kind=data`.
 public struct OffsetTable: Sendable, Equatable {
     /// One function of the table.
     public struct Entry: Sendable, Equatable {
@@ -16,6 +17,9 @@ public struct OffsetTable: Sendable, Equatable {
         public let prologue: [UInt8]
         /// Line in the table file, for messages.
         public let line: Int
+        /// A global variable (`kind=data`): `fileOffset` is then its virtual
+        /// address, and there is no prologue to check.
+        public var isData: Bool = false
     }
 
     /// Where the table came from (its file name), for messages.
@@ -52,6 +56,7 @@ public struct OffsetTable: Sendable, Equatable {
             }
             var size: UInt64?
             var prologue: [UInt8]?
+            var isData = false
             var rest = tokens.dropFirst(2).makeIterator()
             while let token = rest.next() {
                 guard let eq = token.firstIndex(of: "=") else { throw fail(line, "expected key=value, found `\(token)`") }
@@ -62,6 +67,11 @@ public struct OffsetTable: Sendable, Equatable {
                 case "size":
                     guard let n = UInt64(value) else { throw fail(line, "size `\(value)` is not a decimal number") }
                     size = n
+                case "kind":
+                    guard value == "data" || value == "function" else {
+                        throw fail(line, "kind `\(value)` is not `data` or `function`")
+                    }
+                    isData = value == "data"
                 case "prologue":
                     guard let bytes = Self.parseHex(value), !bytes.isEmpty else {
                         throw fail(line, "prologue `\(value)` is not an even-length hex byte string")
@@ -71,11 +81,13 @@ public struct OffsetTable: Sendable, Equatable {
                     throw fail(line, "unknown key `\(key)`")
                 }
             }
+            if isData { prologue = prologue ?? [] }
             guard let prologue else { throw fail(line, "\(function) has no prologue=HEX (offsets are only used after checking it)") }
             guard entries[function] == nil else {
                 throw fail(line, "\(function) already listed on line \(entries[function]!.line)")
             }
-            entries[function] = Entry(function: function, fileOffset: offset, size: size, prologue: prologue, line: line)
+            entries[function] = Entry(function: function, fileOffset: offset, size: size, prologue: prologue, line: line,
+                                      isData: isData)
         }
         guard let buildID else { throw fail(1, "no `# ... build-id <hex>` header line") }
         self.buildID = buildID

@@ -16,6 +16,18 @@ public struct ProbeTarget: Sendable, Equatable {
     /// Offset in the binary's file, as `uprobe` / `bpf_program__attach_uprobe` take it.
     public let fileOffset: UInt64
     public let source: Source
+    /// Link-time virtual address (what the code's own addresses are relative to).
+    public var address: UInt64 = 0
+    /// Bytes of the function, when the source knows them.
+    public var size: UInt64? = nil
+}
+
+/// A global variable of the binary: its link-time virtual address.
+public struct DataSymbol: Sendable, Equatable {
+    public let name: String
+    public let address: UInt64
+    public let size: UInt64?
+    public let source: ProbeTarget.Source
 }
 
 /// Finds uprobe file offsets for named functions of a binary, trying in order
@@ -43,7 +55,9 @@ public enum ProbeTargetResolver {
                       let offset = image.fileOffset(forVirtualAddress: address) else {
                     throw ProbeTargetError.symbolNotMapped(function: function, address: address, source: sourceName)
                 }
-                found[function] = ProbeTarget(function: function, fileOffset: offset, source: source)
+                let size = symbols.first { $0.name == function && $0.value == address }?.size
+                found[function] = ProbeTarget(function: function, fileOffset: offset, source: source,
+                                              address: address, size: size)
                 wanted.remove(function)
             }
         }
@@ -66,7 +80,7 @@ public enum ProbeTargetResolver {
         }
         for table in matching {
             for function in wanted.sorted() {
-                guard let entry = table.entries[function] else { continue }
+                guard let entry = table.entries[function], !entry.isData else { continue }
                 guard image.loadSegment(containingFileOffset: entry.fileOffset)?.isExecutable == true else {
                     throw ProbeTargetError.offsetNotExecutable(function: function, offset: entry.fileOffset, table: table.name)
                 }
@@ -76,7 +90,9 @@ public enum ProbeTargetResolver {
                     throw ProbeTargetError.prologueMismatch(function: function, offset: entry.fileOffset,
                                                             expected: entry.prologue, found: actual, table: table.name)
                 }
-                found[function] = ProbeTarget(function: function, fileOffset: entry.fileOffset, source: .offsetTable(table.name))
+                found[function] = ProbeTarget(function: function, fileOffset: entry.fileOffset, source: .offsetTable(table.name),
+                                              address: image.virtualAddress(forFileOffset: entry.fileOffset) ?? entry.fileOffset,
+                                              size: entry.size)
                 wanted.remove(function)
             }
             if !wanted.isEmpty { notes.append("offset table \(table.name) lacks them") }
@@ -86,6 +102,42 @@ public enum ProbeTargetResolver {
             var seen = Set<String>()
             let missing = functions.filter { wanted.contains($0) && seen.insert($0).inserted }
             throw ProbeTargetError.functionsNotFound(binary: binary, buildID: buildID, missing: missing, notes: notes)
+        }
+        return found
+    }
+
+    /// Resolves global variables the same way (symbols, debug file, `kind=data`
+    /// table lines). Names found nowhere are simply absent from the result: the
+    /// caller decides what it can do without them.
+    public static func resolveData(
+        binary: String,
+        names: [String],
+        debugRoot: String = "/usr/lib/debug",
+        tables: [OffsetTable] = OffsetTable.shipped
+    ) throws -> [String: DataSymbol] {
+        let image = try ELFImage(contentsOf: binary)
+        let buildID = try image.buildID()
+        var found: [String: DataSymbol] = [:]
+        func take(_ symbols: [ELFImage.Symbol], _ source: ProbeTarget.Source, _ sourceName: String) throws {
+            for name in names where found[name] == nil {
+                guard let address = try uniqueAddress(of: name, in: symbols, source: sourceName) else { continue }
+                let size = symbols.first { $0.name == name && $0.value == address }?.size
+                found[name] = DataSymbol(name: name, address: address, size: size, source: source)
+            }
+        }
+        try take(try image.objectSymbols(in: .symtab) + image.objectSymbols(in: .dynsym), .symbols, binary)
+        if found.count < names.count {
+            var notes: [String] = []
+            if let (path, debug) = try findDebugFile(binary: binary, image: image, buildID: buildID,
+                                                     debugRoot: debugRoot, notes: &notes) {
+                try take(try debug.objectSymbols(in: .symtab) + debug.objectSymbols(in: .dynsym), .debugFile(path), path)
+            }
+        }
+        for table in tables where table.buildID == buildID {
+            for name in names where found[name] == nil {
+                guard let entry = table.entries[name], entry.isData else { continue }
+                found[name] = DataSymbol(name: name, address: entry.fileOffset, size: entry.size, source: .offsetTable(table.name))
+            }
         }
         return found
     }

@@ -1,7 +1,11 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import Loader
 import Logging
+import L3Sync
+import MemcachedProbes
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +36,17 @@ struct Attach: ParsableCommand {
             are refused: run `cxl-bmc detach IFACE` first.
 
             If `cxl-bmc detach IFACE` is run meanwhile, this process notices and exits.
+
+            With --memcached PATH (every process of that binary in this network namespace, \
+            now and later) or --pid PID, it also puts uprobes on memcached (see `cxl-bmc \
+            events --help`): they bump L1's generations when memcached applies each write, so \
+            ingress stops parsing writes (--wire-writes keeps it too). With --no-cxl, \
+            memcached's events also keep L3 in this process's memory: every write goes \
+            through, and a GET miss L3 can answer is promoted back into memcached \
+            (--memcached-addr) with add semantics, never over a newer write. Its counters are \
+            published every second to /run/cxl-bmc/IFACE.json (read by `cxl-bmc stats`), \
+            printed with --stats-interval, and served with --metrics. On exit L1 is detached \
+            first, then the uprobes.
             """
     )
 
@@ -44,7 +59,8 @@ struct Attach: ParsableCommand {
     @Flag(help: "Attach the egress program to IFACE's clsact egress hook (creating the qdisc if needed).")
     var tcAttach = false
 
-    @Option(name: .customLong("l1-entries"), help: "Items L1 holds, rounded up to a power-of-two number of 8-way sets.")
+    @Option(name: [.customShort("s"), .customLong("l1-entries"), .customLong("cache-size")],
+            help: "Items L1 holds, rounded up to a power-of-two number of 8-way sets.")
     var l1Entries = 32768
 
     @Option(
@@ -60,14 +76,51 @@ struct Attach: ParsableCommand {
     @Flag(help: "On exit, keep the pins (and hand-added egress filters): a restart reuses the maps, and a hand-added filter keeps filling them.")
     var keepPins = false
 
+    @OptionGroup var memcached: MemcachedTargetOptions
+
+    @Flag(help: "With --memcached/--pid: print memcached's events as they happen (as `cxl-bmc events` does).")
+    var trace = false
+
+    @Flag(help: "With --memcached/--pid: keep parsing writes at ingress too (by default the uprobes alone invalidate L1, exactly, and TCP traffic skips the parser).")
+    var wireWrites = false
+
+    @Flag(name: .customLong("no-cxl"), help: "With --memcached/--pid: keep L3 in this process's memory instead of a CXL pool (lost when cxl-bmc exits).")
+    var noCXL = false
+
+    @Option(
+        name: .customLong("memcached-addr"),
+        help: ArgumentHelp("memcached's TCP address, where L3 promotes items and fetches large values (default: 127.0.0.1 and --port).", valueName: "HOST:PORT"))
+    var memcachedAddress: String?
+
+    @Option(name: .customLong("stats-interval"), help: ArgumentHelp("Print a block of counters (L1, memcached's events, L3) every SEC seconds (0: never).", valueName: "SEC"))
+    var statsInterval: Int = 0
+
+    @Option(name: .customLong("metrics"), help: ArgumentHelp("Serve every counter in Prometheus text format at http://ADDR:PORT/metrics.", valueName: "ADDR:PORT"))
+    var metricsAddress: String?
+
     @OptionGroup var pins: PinOptions
 
+    var l3Wanted: Bool { noCXL }
+
     func validate() throws {
+        if l3Wanted && !memcached.given {
+            throw ValidationError("L3 (--no-cxl) works from memcached's events: add --memcached PATH or --pid PID")
+        }
+        if let metricsAddress, Events.hostPort(metricsAddress) == nil {
+            throw ValidationError("--metrics wants ADDR:PORT, got \(metricsAddress)")
+        }
+        if let memcachedAddress, Events.hostPort(memcachedAddress) == nil {
+            throw ValidationError("--memcached-addr wants HOST:PORT, got \(memcachedAddress)")
+        }
+        if (trace || wireWrites) && !memcached.given {
+            throw ValidationError("\(trace ? "--trace" : "--wire-writes") needs --memcached PATH or --pid PID")
+        }
         let maxEntries = Int(L1Geometry.maxSets) * 8
         guard l1Entries > 0, l1Entries <= maxEntries else {
             throw ValidationError("--l1-entries must be between 1 and \(maxEntries)")
         }
         guard port > 0 else { throw ValidationError("--port must be between 1 and 65535") }
+        guard statsInterval >= 0 else { throw ValidationError("--stats-interval must be 0 (off) or a number of seconds") }
         guard unknownTTL >= 0, unknownTTL <= 315_360_000 else {
             throw ValidationError("--unknown-ttl must be between 0 and 315360000 seconds (10 years)")
         }
@@ -77,13 +130,40 @@ struct Attach: ParsableCommand {
         try CLI.run {
             // Take SIGINT/SIGTERM over before attaching, so a signal during the
             // attach detaches cleanly instead of killing us half-way.
-            let daemon = Daemon(keepPins: keepPins)
+            let daemon = Daemon(keepPins: keepPins, statsInterval: statsInterval)
+            if let metricsAddress, let (host, metricsPort) = Events.hostPort(metricsAddress) {
+                daemon.metrics = try MetricsExporter(host: host, port: metricsPort)
+                print("metrics: http://\(daemon.metrics!.address)/metrics")
+            }
             let geometry = L1Geometry.forEntries(l1Entries)
             let cache = try L1Cache.attach(
                 interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
                 tcAttach: tcAttach, xdpMode: xdpMode.request,
                 unknownTTL: .nanoseconds(Int64(unknownTTL * 1e9)))
             report(cache)
+            if memcached.given {
+                // The probes bump L1's write generations at the moment memcached applies a write.
+                let probes: MemcachedProbes
+                do {
+                    probes = try memcached.attach(l1PinDirectory: cache.pinDirectory)
+                } catch {
+                    try? cache.detach(keepPins: keepPins)
+                    throw error
+                }
+                if !wireWrites { try cache.setWritesTrackedByProbes(true) }
+                print("uprobes: \(probes.probeCount) on \(probes.targets.binary) (\(probes.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
+                fflush(nil)
+                var sync: L3Sync?
+                if l3Wanted {
+                    let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
+                    nonisolated(unsafe) let counterSource = probes
+                    sync = L3Sync(store: InMemoryL3Store(), memcachedHost: host, port: tcpPort,
+                                  lostEvents: { try? counterSource.stats().lost })
+                    print("L3: in memory (--no-cxl); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
+                    fflush(nil)
+                }
+                try daemon.attachProbes(probes, trace: trace, sync: sync)
+            }
             try daemon.run(cache)
         }
     }
@@ -131,10 +211,20 @@ final class Daemon: @unchecked Sendable {
     private var stopped = false
     private var missingTicks = 0
     private let logger = Logger(label: "cxl-bmc")
+    private var probes: MemcachedProbes?
+    private var sync: L3Sync?
+    private var eventDrain: Thread?
+    private let drainStop = StopFlag()
 
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
-    init(keepPins: Bool) {
+    private let statsInterval: Int
+    private var ticks = 0
+    /// Set before ``run(_:)``.
+    var metrics: MetricsExporter?
+
+    init(keepPins: Bool, statsInterval: Int = 0) {
         self.keepPins = keepPins
+        self.statsInterval = statsInterval
         // A closed stdout (`| head`) must not kill us before we detach.
         signal(SIGPIPE, SIG_IGN)
         for signalNumber in [SIGINT, SIGTERM] {
@@ -144,6 +234,43 @@ final class Daemon: @unchecked Sendable {
             source.resume()
             signalSources.append(source)
         }
+    }
+
+    /// Drains memcached's events on a thread of their own (printing them with
+    /// `trace`), so the ring buffer does not fill; losses are logged as they happen.
+    func attachProbes(_ probes: MemcachedProbes, trace: Bool, sync: L3Sync?) throws {
+        let reader = try probes.eventReader()
+        self.probes = probes
+        self.sync = sync
+        let stopFlag = drainStop
+        let logger = logger
+        // The reader and the probes' stats map are used by this thread alone
+        // until it stops; detach happens after stopFlag is set.
+        nonisolated(unsafe) let probesForThread = probes
+        nonisolated(unsafe) let readerForThread = reader
+        let thread = Thread {
+            let probes = probesForThread
+            let reader = readerForThread
+            var lostSeen: UInt64 = 0
+            var nextLossCheck = ContinuousClock.now
+            while !stopFlag.isSet {
+                _ = try? reader.poll(timeoutMs: 20) { event in
+                    if trace { print(event.summary) }
+                    sync?.apply(event)
+                }
+                if trace { fflush(nil) }
+                guard ContinuousClock.now >= nextLossCheck else { continue }
+                nextLossCheck = .now + .seconds(1)
+                if let lost = try? probes.stats().lost, lost > lostSeen {
+                    sync?.checkLostEvents()
+                    logger.warning("\(lost - lostSeen) memcached events lost (ring buffer full); \(lost) in all")
+                    lostSeen = lost
+                }
+            }
+        }
+        thread.name = "cxl-bmc.events"
+        thread.start()
+        eventDrain = thread
     }
 
     /// Blocks until SIGINT/SIGTERM (then detaches `cache`) or until L1 is
@@ -168,6 +295,14 @@ final class Daemon: @unchecked Sendable {
 
     private func tick() {
         guard !stopped, let cache else { return }
+        ticks += 1
+        if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache) }
+        metrics?.update(l1: try? cache.stats(), probes: try? probes?.stats(), l3: sync?.snapshot)
+        if probes != nil {
+            let status = DaemonStatus(pid: getpid(), interface: cache.interface.name,
+                                      probes: try? probes?.stats(), sync: sync?.snapshot)
+            do { try status.write() } catch { logger.warning("could not publish the daemon's status: \(error)") }
+        }
         // Someone else detached L1 only if queries that succeed stop showing our program
         // several ticks in a row: a failed query says nothing, and a single empty answer has
         // been seen while the program was attached (a link dump racing interface changes).
@@ -195,6 +330,26 @@ final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// The `--stats-interval` block: what each tier did since start.
+    private func printStats(_ cache: L1Cache) {
+        var lines = ["--- cxl-bmc \(cache.interface.name) after \(ticks) s"]
+        if let l1 = try? cache.stats() {
+            let gets = l1["get_seen"] ?? 0, hits = l1["hit"] ?? 0
+            let ratio = gets > 0 ? String(format: "%.3f", Double(hits) / Double(gets)) : "-"
+            lines.append("L1: \(gets) UDP GETs, \(hits) hits (ratio \(ratio)), \(l1["fill"] ?? 0) fills, \(l1["fill_refused"] ?? 0) refused")
+        }
+        if let probes, let p = try? probes.stats() {
+            lines.append("memcached: \(p.emitted(.store)) stores, \(p.emitted(.miss)) misses, \(p.emitted(.delete)) deletes, \(p.emitted(.evict)) evictions; events \(p.emitted) emitted, \(p.lost) lost")
+        }
+        if let sync {
+            let c = sync.snapshot
+            let avg = c.promoted > 0 ? String(format: "%.0f µs", Double(c.promotionNsTotal) / Double(c.promoted) / 1000) : "-"
+            lines.append("L3: \(c.stores) written through, \(c.l3Hits) misses answered, \(c.promoted) promoted (avg \(avg)), \(c.promotionsRaced) raced, \(c.dropped) dropped, \(c.failures) failures")
+        }
+        print(lines.joined(separator: "\n"))
+        fflush(nil)
+    }
+
     private func stop(signal signalNumber: Int32) {
         guard !stopped else { return }
         guard let cache else {
@@ -203,11 +358,23 @@ final class Daemon: @unchecked Sendable {
             return
         }
         logger.info("signal \(signalNumber): detaching from \(cache.interface.name)\(keepPins ? ", keeping the pins" : "")")
+        DaemonStatus.remove(interface: cache.interface.name)
+        // L1 goes first: while it serves, the probes must keep invalidating it.
         do {
             try cache.detach(keepPins: keepPins)
             print("detached L1 from \(cache.interface.name)\(keepPins ? " (pins kept in \(cache.pinDirectory))" : "")")
         } catch {
             result = error
+        }
+        if let probes {
+            drainStop.set()
+            probes.detach()
+            print("detached the uprobes from \(probes.targets.binary)")
+        }
+        if let sync {
+            sync.stop()
+            let c = sync.snapshot
+            print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted, \(c.dropped) dropped, \(c.failures) failures")
         }
         finish()
     }
@@ -216,4 +383,11 @@ final class Daemon: @unchecked Sendable {
         stopped = true
         finished.signal()
     }
+}
+
+/// A one-way stop flag shared with the event-drain thread.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .acquiring) }
+    func set() { value.store(true, ordering: .releasing) }
 }

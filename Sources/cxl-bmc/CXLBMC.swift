@@ -10,17 +10,19 @@ import Glibc
 struct CXLBMC: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cxl-bmc",
-        abstract: "A memcached accelerator: answers UDP GETs from BPF maps at XDP (L1).",
+        abstract: "A memcached accelerator: answers UDP GETs from BPF maps at XDP (L1), watches memcached through uprobes, keeps a second tier (L3).",
         discussion: """
             cxl-bmc attach IFACE loads the L1 programs and attaches the ingress program \
             (XDP) to IFACE; memcached's UDP replies fill L1 through a TC egress program \
-            pinned at /sys/fs/bpf/cxl-bmc/IFACE/tc_egress. Every command needs root \
-            (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+            pinned at /sys/fs/bpf/cxl-bmc/IFACE/tc_egress. With --memcached PATH or --pid \
+            PID it also puts uprobes on memcached, which invalidate L1 exactly and feed L3 \
+            (--no-cxl: in memory). cxl-bmc events prints memcached's events live. Every \
+            command needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
 
             Set CXL_BMC_DEBUG=1 for debug logs (and the verifier log of a rejected \
             program), CXL_BMC_DEBUG=2 for libbpf's own messages too.
             """,
-        subcommands: [Attach.self, Detach.self, Status.self, Stats.self, Cluster.self]
+        subcommands: [Attach.self, Detach.self, Status.self, Stats.self, Events.self, Cluster.self]
     )
 }
 

@@ -8,14 +8,14 @@ import Glibc
 
 struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show L1's counters (per-CPU counters summed).",
-        discussion: "Reads the pinned mcache_stats map of IFACE, or of every attached interface."
+        abstract: "Show L1's counters (per-CPU counters summed), and memcached's events and L3's when attach runs them.",
+        discussion: "Reads the pinned mcache_stats map of IFACE, or of every attached interface, and what a running `attach --memcached/--pid` publishes in /run/cxl-bmc/IFACE.json (updated every second)."
     )
 
     @Argument(help: "The interface; all attached interfaces if omitted.")
     var interface: String?
 
-    @Flag(help: "Print JSON: one object per sample, interface -> counter -> value.")
+    @Flag(help: "Print JSON: one object per sample, interface -> counter -> value (plus \"events\" and \"l3\" objects when attach runs the uprobes).")
     var json = false
 
     @Option(help: ArgumentHelp("Print a sample every SEC seconds until interrupted.", valueName: "SEC"))
@@ -50,6 +50,10 @@ struct Stats: ParsableCommand {
                 } else {
                     for (name, stats) in samples {
                         print(Self.table(name, stats, since: previous[name]))
+                        // What the daemon attached there publishes: memcached's events, L3.
+                        if let daemon = DaemonStatus.read(interface: name) {
+                            print(daemon.lines.joined(separator: "\n"))
+                        }
                     }
                 }
                 fflush(nil)
@@ -76,7 +80,14 @@ struct Stats: ParsableCommand {
 
     static func json(_ samples: [(String, L1Stats)]) -> String {
         let objects = samples.map { name, stats in
-            let fields = stats.counters.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+            var fields = stats.counters.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+            if let daemon = DaemonStatus.read(interface: name) {
+                let events = daemon.events.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+                fields += ",\"events\":{\(events)}"
+                if let l3 = daemon.l3 {
+                    fields += ",\"l3\":{" + l3.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+                }
+            }
             return "\(jsonString(name)):{\(fields)}"
         }
         return "{" + objects.joined(separator: ",") + "}"

@@ -16,7 +16,7 @@ struct CLIErrorTests {
     @Test func withoutRootEveryCommandSaysSo() throws {
         try Privilege.require()
         let cxlbmc = try Paths.product("cxl-bmc")
-        for args in [["attach", "lo"], ["detach", "lo"], ["status"], ["stats"]] {
+        for args in [["attach", "lo"], ["detach", "lo"], ["status"], ["stats"], ["events", "--memcached", "/usr/bin/memcached"]] {
             let r = try runProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", cxlbmc] + args)
             Self.expectOneClearLine(r, mentioning: "needs root")
         }
@@ -32,6 +32,22 @@ struct CLIErrorTests {
             """
         let r = try runProcess("/usr/bin/unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script, cxlbmc])
         Self.expectOneClearLine(r, mentioning: "BPF filesystem")
+    }
+
+    /// A stripped binary with no symbols, debug file or table: the build-id and the fix are named.
+    @Test func strippedBinaryWithoutTableNamesBuildIDAndFix() throws {
+        try Privilege.require()
+        let r = try runProcess(try Paths.product("cxl-bmc"), ["events", "--memcached", "/bin/true"])
+        Self.expectOneClearLine(r, mentioning: "build-id")
+        #expect(r.stderr.contains("dbgsym") && r.stderr.contains("offset table"), "\(r)")
+    }
+
+    @Test func eventsForAMissingProcessSaysSo() throws {
+        try Privilege.require()
+        let r = try runProcess(try Paths.product("cxl-bmc"), ["events", "--pid", "999999"])
+        Self.expectOneClearLine(r, mentioning: "no process 999999")
+        let both = try runProcess(try Paths.product("cxl-bmc"), ["events", "--pid", "1", "--memcached", "/usr/bin/memcached"])
+        #expect(both.status != 0 && both.stderr.contains("not both"), "\(both)")
     }
 
     @Test func unknownInterfaceIsNamed() throws {

@@ -9,21 +9,33 @@ struct L1EndToEndTests {
     static func stats(_ tb: Testbed) throws -> [String: Int] {
         let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
         guard result.status == 0, let data = result.stdout.data(using: .utf8),
-              let all = try JSONSerialization.jsonObject(with: data) as? [String: [String: Int]],
+              let all = try JSONSerialization.jsonObject(with: data) as? [String: [String: Any]],
               let counters = all[tb.serverIF]
         else { throw HarnessError("cxl-bmc stats failed: \(result)") }
-        return counters
+        // L1's counters; a daemon's "events" and "l3" objects are beside them.
+        return counters.compactMapValues { $0 as? Int }
     }
 
     /// Runs `body` with memcached and cxl-bmc attached (XDP + TC egress) on the server veth;
     /// afterwards checks that SIGTERM detached everything and left memcached running.
-    static func withL1(_ body: (Testbed) throws -> Void) throws {
+    /// With `probes`, `attach --pid` puts memcached's uprobes in charge of invalidation (ingress
+    /// write parsing off).
+    static func withL1(probes: Bool = false, _ body: (Testbed) throws -> Void) throws {
+        try withL1(probeArguments: probes ? { _, pid in ["--pid", String(pid)] } : nil) { tb, _, _ in try body(tb) }
+    }
+
+    /// `probeArguments(testbed, memcached pid)`: the uprobe options of `attach`. The body gets the
+    /// testbed, memcached's pid and the daemon's log.
+    static func withL1(probeArguments: ((Testbed, Int32) -> [String])?, memcachedSurvives: Bool = true,
+                       _ body: (Testbed, Int32, OutputFile) throws -> Void) throws {
         try Privilege.require()
+        let probes = probeArguments != nil
         try Testbed.with { tb in
             let memcached = try tb.startMemcached(["-t", "2"])
             let log = OutputFile()
             let attach = try ChildProcess(
-                "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"],
+                "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", try Paths.product("cxl-bmc"), "attach", tb.serverIF, "--tc-attach"]
+                    + (probeArguments?(tb, memcached) ?? []),
                 stdout: log.path, stderr: log.path)
             defer {
                 if !attach.hasExited { attach.signal(SIGKILL) }
@@ -35,15 +47,26 @@ struct L1EndToEndTests {
                 usleep(50_000)
             }
             guard try xdpAttached(tb) else { throw HarnessError("cxl-bmc did not attach: \(log.contents())") }
+            if probes {
+                while !log.contents().contains("uprobes:"), ContinuousClock.now < deadline {
+                    if attach.hasExited { throw HarnessError("cxl-bmc attach exited: \(log.contents())") }
+                    usleep(50_000)
+                }
+                guard log.contents().contains("uprobes:") else { throw HarnessError("no uprobes: \(log.contents())") }
+            }
 
-            try body(tb)
+            try body(tb, memcached, log)
 
             attach.signal(SIGTERM)
             let status = attach.wait(timeout: .seconds(20))
             #expect(status == 0, "cxl-bmc attach exit status after SIGTERM: \(String(describing: status)); log: \(log.contents())")
             #expect(try !xdpAttached(tb), "XDP program left on the interface after SIGTERM")
             #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after SIGTERM")
-            #expect(kill(memcached, 0) == 0, "memcached must keep running")
+            #expect(kill(memcached, 0) == 0 || !memcachedSurvives, "memcached must keep running")
+            if probes {
+                #expect(log.contents().contains("detached the uprobes"), "\(log.contents())")
+                #expect(!FileManager.default.fileExists(atPath: "/run/cxl-bmc/\(tb.serverIF).json"), "status file left")
+            }
         }
     }
 
@@ -199,6 +222,84 @@ struct L1EndToEndTests {
             #expect(!FileManager.default.fileExists(atPath: pin))
             let filters = try tb.runInServer("/sbin/tc", ["filter", "show", "dev", tb.serverIF, "egress"])
             #expect(!filters.stdout.contains("tc_mcache_fill"), "\(filters.stdout)")
+        }
+    }
+
+    /// The whole path on one host: a set is written through to L3 (in memory here); memcached is
+    /// killed and a new one started (probed automatically: `--memcached` covers future processes in
+    /// the namespace); a GET misses, L3 answers, the item is promoted, and the next GET hits —
+    /// byte-exact with its flags — and is then served by L1 over UDP.
+    @Test func itemLostByMemcachedIsPromotedBackFromL3() throws {
+        try Self.withL1(probeArguments: { tb, _ in
+            ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211",
+             "--stats-interval", "1", "--metrics", "127.0.0.1:9477"]
+        }, memcachedSurvives: false) { tb, memcached, log in
+            let value = "promoted-\(UInt64.random(in: 0...UInt64.max))"
+            let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pk 31 600 \(value.utf8.count)\r\n\(value)\r\n"])
+            #expect(set.status == 0 && set.stdout.contains("stored"), "\(set)")
+            usleep(300_000) // the event reaches L3
+            kill(memcached, SIGKILL)
+            usleep(300_000)
+            let second = try tb.startMemcached(["-t", "2"])
+            defer { kill(second, SIGKILL) }
+            usleep(300_000) // the probes arm in the new process
+            let miss = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"])
+            #expect(!miss.stdout.contains(value), "the new memcached starts empty: \(miss)")
+            let deadline = ContinuousClock.now + .seconds(5)
+            var hit = ""
+            while ContinuousClock.now < deadline {
+                usleep(100_000)
+                hit = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"]).stdout
+                if hit.contains(value) { break }
+            }
+            #expect(hit.contains("pk flags=31 bytes=\(value.utf8.count): \"\(value)\""), "promoted: \(hit); log: \(log.contents())")
+            // And L1 serves it from then on (UDP; the promotion's own store gave L1 its TTL).
+            var udpHits = 0
+            for _ in 0..<5 {
+                let udp = try tb.mcLoad(["get", "--server", tb.serverIP4, "--udp", "pk"])
+                if udp.stdout.contains(value) { udpHits += 1 }
+            }
+            #expect(udpHits == 5)
+            let stats = try Self.stats(tb)
+            #expect(stats["hit"]! >= 3, "L1 hits after the promotion: \(stats)")
+            usleep(1_200_000)
+            let block = log.contents()
+            #expect(block.contains("L3: ") && block.contains("1 promoted"), "the --stats-interval block: \(block)")
+            // The same from another terminal.
+            let other = try tb.runInServer(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
+            #expect(other.status == 0 && other.stdout.contains("\"promoted\":1") && other.stdout.contains("\"store\":"),
+                    "\(other)")
+            #expect(FileManager.default.fileExists(atPath: "/run/cxl-bmc/\(tb.serverIF).json"))
+            // And in Prometheus format.
+            let scrape = try tb.runInServer("/usr/bin/curl", ["-sf", "http://127.0.0.1:9477/metrics"])
+            #expect(scrape.status == 0 && scrape.stdout.contains("cxlbmc_l3_promoted_total 1")
+                    && scrape.stdout.contains("# TYPE cxlbmc_l1_hit_total counter"), "\(scrape)")
+            let notFound = try tb.runInServer("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9477/"])
+            #expect(notFound.stdout == "404", "\(notFound)")
+        }
+    }
+
+    /// The stale-read checker with memcached's uprobes as L1's only invalidation (ingress write
+    /// parsing off): every write bumps its set exactly when memcached applies it. A heavier mix
+    /// than the wire-only check: more keys, writes four times as often.
+    @Test func staleCheckerWithUprobesFindsNoStaleRead() throws {
+        let seconds = ProcessInfo.processInfo.environment["CXLBMC_STALE_SECONDS"] ?? "20"
+        try Self.withL1(probes: true) { tb in
+            let before = try Self.stats(tb)
+            let run = try tb.mcLoad(["stale-check", "--server", tb.serverIP4, "--keys", "128", "--readers", "2",
+                                     "--duration", seconds, "--write-interval-us", "500", "--multiget-max", "8", "--json"],
+                                    timeout: .seconds(Int(Double(seconds)! + 60)))
+            let check = try run.json(McLoad.StaleCheck.self)
+            let after = try Self.stats(tb)
+            #expect(run.status == 0, "\(run)")
+            #expect(check.stale == 0 && check.corrupt == 0, "\(run)")
+            #expect(check.writes > 4000 && check.reads > 1000, "\(run)")
+            let hits = after["hit"]! - before["hit"]!
+            let refused = after["fill_refused"]! - before["fill_refused"]!
+            let segments = after["tcp_segments"]! - before["tcp_segments"]!
+            #expect(hits > 1000, "L1 hits during the check: \(hits)")
+            #expect(refused > 0, "fills refused (by the uprobes' bumps) during the check: \(refused)")
+            #expect(segments == 0, "ingress parsed \(segments) TCP segments with the uprobes in charge")
         }
     }
 

@@ -9,7 +9,11 @@ struct OffsetTableTests {
         let tables = try OffsetTable.loadShipped()
         let table = try #require(tables.first { $0.name == "memcached-1.6.18-deb12u1.offsets" })
         #expect(table.buildID == debianMemcachedBuildID)
-        #expect(table.entries.count == 39)
+        #expect(table.entries.values.filter { !$0.isData }.count == 39)
+        // The globals the probes read: link-time addresses, no prologue.
+        #expect(table.entries["current_time"] == OffsetTable.Entry(
+            function: "current_time", fileOffset: 0x3f820, size: 4, prologue: [], line: 45, isData: true))
+        #expect(Set(table.entries.values.filter(\.isData).map(\.function)) == ["current_time", "process_started", "settings"])
         for function in memcachedFunctions { #expect(table.entries[function] != nil, "\(function)") }
         #expect(table.entries["do_store_item"] == OffsetTable.Entry(
             function: "do_store_item", fileOffset: 0xe400, size: 1601,

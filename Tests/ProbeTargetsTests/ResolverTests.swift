@@ -28,9 +28,19 @@ struct ResolverTests {
     @Test("every entry of the shipped table matches the installed binary", .enabled(if: memcachedAvailable))
     func wholeShippedTable() throws {
         let table = try #require(OffsetTable.shipped.first { $0.buildID == debianMemcachedBuildID })
-        let targets = try ProbeTargetResolver.resolve(binary: debianMemcachedPath, functions: Array(table.entries.keys),
+        let functions = table.entries.values.filter { !$0.isData }.map(\.function)
+        let targets = try ProbeTargetResolver.resolve(binary: debianMemcachedPath, functions: functions,
                                                       debugRoot: "/nonexistent", tables: [table])
-        #expect(targets.count == table.entries.count)
+        #expect(targets.count == 39)
+        for (name, target) in targets {
+            #expect(target.address == target.fileOffset, "\(name): .text has offset == vaddr in this build")
+            #expect(target.size == table.entries[name]?.size)
+        }
+        let data = try ProbeTargetResolver.resolveData(
+            binary: debianMemcachedPath, names: ["current_time", "process_started", "settings", "nope"],
+            debugRoot: "/nonexistent", tables: [table])
+        #expect(data["current_time"]?.address == 0x3f820 && data["process_started"]?.address == 0x3f890)
+        #expect(data["settings"]?.address == 0x3f8a0 && data["nope"] == nil)
     }
 
     @Test("one flipped prologue byte is refused with a message naming function, offset and bytes",
@@ -66,8 +76,8 @@ struct ResolverTests {
         let expected = try expectedOffsets(of: binary, functions: sampleFunctions)
         let targets = try ProbeTargetResolver.resolve(binary: binary, functions: sampleFunctions, debugRoot: dir, tables: [])
         for function in sampleFunctions {
-            #expect(targets[function] == ProbeTarget(function: function, fileOffset: try #require(expected[function]),
-                                                     source: .symbols))
+            #expect(targets[function]?.location == ProbeTarget(function: function, fileOffset: try #require(expected[function]),
+                                                     source: .symbols).location)
         }
     }
 
@@ -89,8 +99,8 @@ struct ResolverTests {
 
         let targets = try ProbeTargetResolver.resolve(binary: stripped, functions: sampleFunctions, debugRoot: root, tables: [])
         for function in sampleFunctions {
-            #expect(targets[function] == ProbeTarget(function: function, fileOffset: try #require(expected[function]),
-                                                     source: .debugFile(debugFile)))
+            #expect(targets[function]?.location == ProbeTarget(function: function, fileOffset: try #require(expected[function]),
+                                                     source: .debugFile(debugFile)).location)
         }
     }
 
@@ -112,8 +122,8 @@ struct ResolverTests {
 
         let targets = try ProbeTargetResolver.resolve(binary: stripped, functions: sampleFunctions,
                                                       debugRoot: dir + "/empty", tables: [])
-        #expect(targets["item_touch"] == ProbeTarget(function: "item_touch", fileOffset: try #require(expected["item_touch"]),
-                                                     source: .debugFile(bin + "/.debug/sample.debug")))
+        #expect(targets["item_touch"]?.location == ProbeTarget(function: "item_touch", fileOffset: try #require(expected["item_touch"]),
+                                                     source: .debugFile(bin + "/.debug/sample.debug")).location)
 
         // Same name, other contents: the CRC no longer matches, so it must not be used.
         try FileManager.default.removeItem(atPath: bin + "/.debug/sample.debug")

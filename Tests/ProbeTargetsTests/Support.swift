@@ -108,3 +108,13 @@ func expectedOffsets(of binary: String, functions: [String]) throws -> [String: 
     }
     return offsets
 }
+
+extension ProbeTarget {
+    /// Where the probe goes and who said so (address and size are checked separately).
+    struct Location: Equatable {
+        let function: String
+        let fileOffset: UInt64
+        let source: ProbeTarget.Source
+    }
+    var location: Location { Location(function: function, fileOffset: fileOffset, source: source) }
+}

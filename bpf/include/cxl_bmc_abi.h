@@ -68,9 +68,13 @@ struct l1_way {
 
 struct l1_set {
 	struct bpf_spin_lock lock;
-	__u32 gen;     /* bumped by every write to a key of this set */
-	__u32 pending; /* writes seen at ingress whose reply has not passed egress */
-	__u32 hand;    /* CLOCK hand */
+	__u32 gen;     /* bumped by every write to a key of this set seen at ingress */
+	__u16 pending; /* writes seen at ingress whose reply has not passed egress */
+	__u16 hand;    /* CLOCK hand */
+	/* mcache_wgen[set] when the ways were last validated: the uprobes bump
+	 * mcache_wgen (they cannot take this set's lock), and a way is servable
+	 * only while the two agree. */
+	__u32 valid_wgen;
 	__u64 blocked_until_ns;    /* no fill before this (noreply writes, releases) */
 	__u64 pending_deadline_ns; /* after this, pending writes are presumed applied */
 	struct l1_way ways[L1_WAYS];
@@ -147,6 +151,9 @@ struct l1_conn {
 
 /* l1_config.flags */
 #define L1_CFG_ENABLED 1
+/* memcached's writes are reported by its uprobes (bpf/uprobe), which bump
+ * mcache_wgen as memcached applies them: ingress skips write tracking. */
+#define L1_CFG_PROBE_WRITES 2
 
 struct l1_config {
 	__u16 port;          /* memcached port, network order */
@@ -209,8 +216,115 @@ struct l1_stats {
 #define L1_MAP_TICKETS "mcache_tickets"
 #define L1_MAP_TTL "mcache_ttl"
 #define L1_MAP_CONNS "mcache_conns"
+#define L1_MAP_WGEN "mcache_wgen"
 #define L1_PROG_XDP "xdp_mcache_get"
 #define L1_PROG_TC "tc_mcache_fill"
+
+/* ---- uprobe events: what memcached really did ---------------------------- */
+/* Probes on a vanilla memcached report every miss, store, delete, touch,
+ * incr/decr, flush and eviction through one BPF ring buffer; the same probes
+ * bump L1's set generation at the moment memcached applies a write. */
+
+/* mc_event.kind */
+#define MC_EV_MISS 1   /* a GET found nothing (key) */
+#define MC_EV_STORE 2  /* set/add/replace/append/prepend/cas applied (STORED) */
+#define MC_EV_DELETE 3 /* an item was unlinked by a command (delete, md, failed-alloc set) */
+#define MC_EV_TOUCH 4  /* a touch/gat changed an item's exptime */
+#define MC_EV_DELTA 5  /* incr/decr applied: mc_event.number is the new value */
+#define MC_EV_FLUSH 6  /* flush_all: mc_event.number is the delay in seconds */
+#define MC_EV_EVICT 7  /* the LRU evicted a live item to make room */
+#define MC_EV_KIND_MAX 7
+
+/* mc_event.command for MC_EV_STORE: memcached's NREAD_* values. append and
+ * prepend events carry only the key (MC_EVF_VALUE_FETCH): the new item's
+ * value, flags and CAS are read back from memcached. */
+#define MC_CMD_LINK 0
+#define MC_CMD_ADD 1
+#define MC_CMD_SET 2
+#define MC_CMD_REPLACE 3
+#define MC_CMD_APPEND 4
+#define MC_CMD_PREPEND 5
+#define MC_CMD_CAS 6
+/* mc_event.command for MC_EV_MISS: the function that missed. */
+#define MC_MISS_GET 1        /* item_get: text get/gets, meta mg, binary get */
+#define MC_MISS_GET_LOCKED 2 /* limited_get_locked: meta mg with N/R/T-style flags */
+#define MC_MISS_TOUCH 3      /* item_touch: gat/gats, binary gat/touch */
+/* mc_event.command for MC_EV_DELTA */
+#define MC_DELTA_INCR 1
+#define MC_DELTA_DECR 2
+
+/* mc_event.flags */
+#define MC_EVF_VALUE_INLINE 1 /* value_len bytes follow the key: the whole value */
+#define MC_EVF_VALUE_FETCH 2  /* value not included (chunked, or > MC_EVENT_VALUE_INLINE_MAX): fetch it */
+#define MC_EVF_CAS 4          /* cas holds the item's CAS */
+#define MC_EVF_NO_CLOCK 8     /* memcached's clock was not readable: exptime_unix unknown */
+
+/* Values up to this many bytes travel inside the event. */
+#define MC_EVENT_VALUE_INLINE_MAX 4096
+#define MC_EVENT_KEY_CAP 256
+
+/* One event. Records in the ring buffer are variable-length: the header and
+ * the key always, then inline_len value bytes (MC_EVENT_HEADER_LEN + inline_len). */
+struct mc_event {
+	__u64 ts_ns;        /* CLOCK_MONOTONIC, bpf_ktime_get_ns() */
+	__u64 cas;          /* the item's CAS when MC_EVF_CAS */
+	__u64 number;       /* DELTA: new value; FLUSH: delay in seconds */
+	__s64 exptime_unix; /* absolute expiry (unix seconds); 0 = never; see MC_EVF_NO_CLOCK */
+	__u32 tgid;         /* memcached process */
+	__u32 tid;          /* its worker thread */
+	__u32 exptime_rel;  /* memcached's own exptime (seconds since its start); 0 = never */
+	__u32 now_rel;      /* memcached's current_time when the event fired */
+	__u32 client_flags;
+	__u32 value_len;    /* bytes of the whole value (its "\r\n" excluded) */
+	__u16 inline_len;   /* value bytes carried in this record */
+	__u8 kind;          /* MC_EV_* */
+	__u8 command;       /* MC_CMD_* / MC_MISS_* / MC_DELTA_* */
+	__u8 flags;         /* MC_EVF_* */
+	__u8 key_len;
+	__u16 pad;
+	__u8 key[MC_EVENT_KEY_CAP];
+	__u8 value[MC_EVENT_VALUE_INLINE_MAX];
+};
+#define MC_EVENT_HEADER_LEN (64 + MC_EVENT_KEY_CAP)
+
+/* Per-binary facts the probes need, written by the loader after load. All
+ * addresses are link-time virtual addresses in memcached's ELF; the probes
+ * learn the process's load bias from where they fired.
+ *
+ * Each probe's BPF cookie is (probed link-time address << 8 | register):
+ * call-site and instruction probes read their item (or value) from that
+ * register (x86-64 numbering: 0 rax … 7 rdi, 8 r8 … 15 r15). */
+struct mc_probe_config {
+	__u32 target_tgid;     /* nonzero: only this process */
+	__u32 target_netns;    /* nonzero: only processes in this network namespace (inode) */
+	__u32 flags;           /* MC_PROBE_CFG_* */
+	__u32 pad;
+	__u64 current_time;    /* &current_time (rel_time_t); 0 = unknown */
+	__u64 process_started; /* &process_started (time_t); 0 = unknown */
+	__u64 settings;        /* &settings */
+};
+#define MC_PROBE_CFG_L1 1 /* L1 maps are attached: bump generations */
+
+/* memcached 1.6 struct settings: offsets of the fields the flush probe reads. */
+#define MC_SETTINGS_OLDEST_LIVE 0x24
+#define MC_SETTINGS_OLDEST_CAS 0x28
+#define MC_SETTINGS_USE_CAS 0x70
+
+/* Per-CPU counters of the probes. */
+#define MC_PSTAT_EMITTED 0   /* events written to the ring buffer */
+#define MC_PSTAT_LOST 1      /* events dropped: ring buffer full */
+#define MC_PSTAT_FILTERED 2  /* hits in other processes, ignored */
+#define MC_PSTAT_L1_BUMPS 3  /* L1 generations bumped */
+#define MC_PSTAT_READ_FAULT 4 /* memcached memory not readable: event dropped */
+#define MC_PSTAT_KIND_BASE 8 /* + MC_EV_*: events emitted per kind */
+#define MC_PSTAT_COUNT 16
+struct mc_probe_stats {
+	__u64 counter[MC_PSTAT_COUNT];
+};
+
+#define MC_MAP_EVENTS "mc_events"
+#define MC_MAP_PROBE_CONFIG "mc_probe_config"
+#define MC_MAP_PROBE_STATS "mc_probe_stats"
 
 /* ---- layout checks ------------------------------------------------------- */
 
@@ -225,4 +339,6 @@ _Static_assert(sizeof(struct l1_conn) == 392, "l1_conn layout");
 _Static_assert(sizeof(struct l1_state) == 16, "l1_state layout");
 _Static_assert(sizeof(struct l1_stats) == 8 * L1_STAT_COUNT, "l1_stats layout");
 
+_Static_assert(sizeof(struct mc_event) == MC_EVENT_HEADER_LEN + MC_EVENT_VALUE_INLINE_MAX, "mc_event layout");
+_Static_assert(sizeof(struct mc_probe_config) == 40, "mc_probe_config layout");
 #endif /* CXL_BMC_ABI_H */

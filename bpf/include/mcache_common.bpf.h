@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "mcache_maps.bpf.h"
+#include "mcache_hash.bpf.h"
 
 /* Payloads are copied into per-CPU scratch and parsed there; every index is
  * masked so the verifier sees it in bounds whatever the packet says. */
@@ -167,21 +168,15 @@ static __always_inline void invalidate_all(__u64 now, __u64 for_ns)
 /* 64-bit FNV-1a of s->in[off, off+len). */
 __noinline __u64 mc_hash(struct mcache_scratch *s, __u32 off, __u32 len)
 {
-	__u64 h = 0xcbf29ce484222325ULL;
+	__u64 h = L1_FNV_OFFSET;
 	if (!s)
 		return 0;
 	for (__u32 i = 0; i < MC_MAX_KEY_LEN; i++) {
 		if (i >= len)
 			break;
-		h ^= IN(s, off + i);
-		h *= 0x100000001b3ULL;
+		h = l1_hash_step(h, IN(s, off + i));
 	}
 	return h;
-}
-
-static __always_inline __u32 set_index(__u64 hash, __u32 mask)
-{
-	return ((__u32)hash ^ (__u32)(hash >> 32)) & mask;
 }
 
 #define MC_BADNUM (-9223372036854775807LL - 1)

@@ -37,6 +37,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mcache_stats SEC(".maps");
 
+/* Write generations bumped by memcached's uprobes at the moment a write is
+ * applied, one per set. Lock-free: tracing programs may not take the sets'
+ * spin locks. A ticket records set gen + wgen; a fill or a hit needs both
+ * unchanged. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, L1_DEFAULT_SETS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mcache_wgen SEC(".maps");
+
+/* Losing a TTL entry only means the key is not cached (unknown TTL). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, L1_TTL_MAX);
+	__type(key, __u64);
+	__type(value, struct l1_ttl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mcache_ttl SEC(".maps");
+
+/* The uprobe object uses only the maps above: tracing programs may not touch
+ * maps holding a bpf_spin_lock. */
+#ifndef MCACHE_MAPS_PROBE_SUBSET
+
 /* Set metadata: tags, generations, in-flight writes; one spin lock each. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -80,15 +105,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mcache_tickets SEC(".maps");
 
-/* Losing a TTL entry only means the key is not cached (unknown TTL). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, L1_TTL_MAX);
-	__type(key, __u64);
-	__type(value, struct l1_ttl);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mcache_ttl SEC(".maps");
-
 /* Not LRU: silently losing a connection with writes in flight would lose
  * their release. When full, writes fall back to a global fill block. */
 struct {
@@ -99,4 +115,5 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mcache_conns SEC(".maps");
 
+#endif /* MCACHE_MAPS_PROBE_SUBSET */
 #endif

@@ -86,10 +86,35 @@ static __always_inline int pick_victim(struct l1_set *set, __u32 first, __u32 co
 	return -1;
 }
 
-static __always_inline int fill_allowed(struct l1_set *set, __u32 gen, __u64 now)
+/* The set's generation as a ticket records it: ingress writes + uprobe
+ * writes. wgen is looked up before the set lock is taken (no helper calls
+ * under a spin lock) and read under it. */
+static __always_inline __u32 set_gen(struct l1_set *set, __u32 *wgen)
 {
-	return set->gen == gen && !(set->pending && now <= set->pending_deadline_ns) &&
+	return set->gen + (wgen ? READ_ONCE(*wgen) : 0);
+}
+
+static __always_inline int fill_allowed(struct l1_set *set, __u32 *wgen, __u32 gen, __u64 now)
+{
+	return set_gen(set, wgen) == gen && !(set->pending && now <= set->pending_deadline_ns) &&
 	       now >= set->blocked_until_ns;
+}
+
+/* Under the set lock, before a way is claimed: if a uprobe bumped the write
+ * generation since the ways were validated, some key of the set was written
+ * (which one is not known): drop them all. */
+static __always_inline void revalidate_ways(struct l1_set *set, __u32 *wgenp)
+{
+	__u32 wgen = wgenp ? READ_ONCE(*wgenp) : 0;
+	if (set->valid_wgen == wgen)
+		return;
+	for (int w = 0; w < L1_WAYS; w++) {
+		if (set->ways[w].state != L1_WAY_EMPTY) {
+			set->ways[w].state = L1_WAY_EMPTY;
+			set->ways[w].seq++;
+		}
+	}
+	set->valid_wgen = wgen;
 }
 
 /* Stores one block s->in[pos, pos + blen) for the key with this hash. */
@@ -147,15 +172,18 @@ static __always_inline void fill_block(struct fill_ctx *c, __u64 hash, __u32 pos
 	if (!set)
 		return;
 
+	__u32 *wgen = bpf_map_lookup_elem(&mcache_wgen, &sidx);
+
 	/* Claim a way: from here until publish it is FILLING, never served. */
 	int way;
 	__u32 my_seq = 0;
 	bpf_spin_lock(&set->lock);
-	if (!fill_allowed(set, gen, now)) {
+	if (!fill_allowed(set, wgen, gen, now)) {
 		bpf_spin_unlock(&set->lock);
 		stat_inc(L1_STAT_FILL_REFUSED);
 		return;
 	}
+	revalidate_ways(set, wgen);
 	way = pick_victim(set, first, count, hash, c->epoch, now);
 	if (way >= 0) {
 		struct l1_way *wy = &set->ways[way & (L1_WAYS - 1)];
@@ -187,7 +215,7 @@ static __always_inline void fill_block(struct fill_ctx *c, __u64 hash, __u32 pos
 	bpf_spin_lock(&set->lock);
 	struct l1_way *wy = &set->ways[way & (L1_WAYS - 1)];
 	if (wy->seq == my_seq && wy->state == L1_WAY_FILLING) {
-		if (copied == 0 && fill_allowed(set, gen, now)) {
+		if (copied == 0 && fill_allowed(set, wgen, gen, now)) {
 			wy->state = L1_WAY_VALID;
 			wy->expires_ns = expires;
 			wy->epoch = c->epoch;

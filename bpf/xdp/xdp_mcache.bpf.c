@@ -352,9 +352,15 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 	 * seq, still VALID, after copying the block has a consistent copy. */
 	int way = -1;
 	__u32 seq = 0, blen = 0, hlen = 0, clen = 0;
-	__u32 gen = READ_ONCE(set->gen);
+	/* memcached's uprobes bump the set's write generation when it applies a
+	 * write: ways validated under an older one are not servable. */
+	__u32 *wgenp = bpf_map_lookup_elem(&mcache_wgen, &sidx);
+	__u32 wgen = wgenp ? READ_ONCE(*wgenp) : 0;
+	__u32 gen = READ_ONCE(set->gen) + wgen;
 	__u64 now = c->now;
 	for (int w = 0; w < L1_WAYS; w++) {
+		if (READ_ONCE(set->valid_wgen) != wgen)
+			break;
 		struct l1_way *wy = &set->ways[w];
 		if (READ_ONCE(wy->key_hash) != h)
 			continue;
@@ -606,9 +612,13 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	int pr = parse_headers(s->hdr, HDR_CAP, len, &pi);
 	/* Writes read the precise clock; the GET hit path gets by with the
 	 * coarse one. */
+	/* With memcached's uprobes attached, writes are seen where memcached
+	 * applies them: ingress needs to track none of them. */
+	int wire_writes = !(cfg->flags & L1_CFG_PROBE_WRITES);
 	if (pr == PKT_OPAQUE) {
 		/* Might be a write we cannot read: no fill is safe for a while. */
-		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
+		if (wire_writes)
+			invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		return XDP_PASS;
 	}
 	if (pr != PKT_OK) {
@@ -621,7 +631,7 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	if (pi.proto == IPPROTO_TCP)
-		return handle_tcp(ctx, s, &pi, cfg, bpf_ktime_get_ns());
+		return wire_writes ? handle_tcp(ctx, s, &pi, cfg, bpf_ktime_get_ns()) : XDP_PASS;
 
 	/* UDP: frame header, then one request. */
 	__u32 plen = pi.payload_len;
@@ -631,12 +641,14 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	}
 	if (plen > PAYLOAD_MAX) {
 		/* A datagram too large to read here may hold any write. */
-		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
+		if (wire_writes)
+			invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_TOO_BIG);
 		return XDP_PASS;
 	}
 	if (bpf_xdp_load_bytes(ctx, pi.payload_off, s->in, plen) != 0) {
-		invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
+		if (wire_writes)
+			invalidate_all(bpf_ktime_get_ns(), cfg->inflight_max_ns);
 		stat_inc(L1_STAT_PASS_MALFORMED);
 		return XDP_PASS;
 	}
@@ -655,7 +667,7 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return handle_get(ctx, s, &pi, cfg, bpf_ktime_get_coarse_ns());
 	}
 	stat_inc(why);
-	return handle_udp_writes(s, &pi, cfg, bpf_ktime_get_ns());
+	return wire_writes ? handle_udp_writes(s, &pi, cfg, bpf_ktime_get_ns()) : XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

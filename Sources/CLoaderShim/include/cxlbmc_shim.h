@@ -8,6 +8,8 @@
 #include <linux/types.h>
 
 struct bpf_object;
+struct bpf_program;
+struct bpf_link;
 
 /* Log sources passed to the print callback. */
 #define CXLBMC_LOG_LIBBPF 0
@@ -75,5 +77,11 @@ int cxlbmc_fs_magic(const char *path, unsigned long *magic);
 
 /* mount -t bpf bpf <path> -o mode=0700. */
 int cxlbmc_mount_bpffs(const char *path);
+
+/* bpf_program__attach_uprobe_opts at a file offset of binary; pid -1 = every
+ * process. The cookie is what bpf_get_attach_cookie() returns in the program.
+ * NULL on failure, errno set. */
+struct bpf_link *cxlbmc_attach_uprobe(struct bpf_program *prog, int pid, const char *binary,
+				      size_t offset, int retprobe, __u64 cookie);
 
 #endif

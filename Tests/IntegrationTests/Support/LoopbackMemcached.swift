@@ -10,21 +10,22 @@ final class LoopbackMemcached {
 
     let port: UInt16
     private let process: ChildProcess
+    var pid: pid_t { process.pid }
 
     /// Starts memcached with UDP and TCP on one free port, runs `body`, and stops it.
-    static func with<T>(_ arguments: [String] = [], _ body: (LoopbackMemcached) throws -> T) throws -> T {
-        let server = try LoopbackMemcached(arguments)
+    static func with<T>(_ arguments: [String] = [], binary: String = binary, _ body: (LoopbackMemcached) throws -> T) throws -> T {
+        let server = try LoopbackMemcached(arguments, binary: binary)
         defer { server.stop() }
         return try body(server)
     }
 
-    private init(_ arguments: [String]) throws {
+    private init(_ arguments: [String], binary: String) throws {
         // A random port may be taken; memcached then exits at once and the next one is tried.
         for _ in 0..<10 {
             let port = UInt16.random(in: 20000...40000)
             // memcached refuses to run as root unless told which user to be.
             let process = try ChildProcess(
-                Self.binary, ["-l", "127.0.0.1,[::1]", "-p", String(port), "-U", String(port), "-t", "1"]
+                binary, ["-l", "127.0.0.1,[::1]", "-p", String(port), "-U", String(port), "-t", "1"]
                     + (Privilege.isRoot ? ["-u", "root"] : []) + arguments)
             if Self.waitUntilListening(process, port) {
                 self.port = port

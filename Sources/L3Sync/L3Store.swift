@@ -1,0 +1,104 @@
+import Foundation
+import Synchronization
+
+/// What L3 must offer the write-through and the promotion path: one interface
+/// over a local CXLTier partition, a peer's partition read directly, or a
+/// peer across the network. Versions order writes to one key; a write older
+/// than what the store holds is ignored (a delete cannot be undone by a late put).
+public protocol L3Store: AnyObject, Sendable {
+    func put(key: [UInt8], item: L3Item) throws
+    /// Removes the key (remembering `version`).
+    func delete(key: [UInt8], version: UInt64) throws
+    func touch(key: [UInt8], exptimeUnix: Int64, version: UInt64) throws
+    /// The live item, nil on a miss (absent, expired, flushed, or not validated).
+    func get(key: [UInt8]) throws -> L3Item?
+    /// flush_all: every item stored before `unixTime` is gone from then on (now,
+    /// if `unixTime` has passed: events arrive in order, so everything held is
+    /// older). `Int64.max`: everything, now.
+    func flush(storedBefore unixTime: Int64) throws
+}
+
+/// One item as L3 keeps it.
+public struct L3Item: Sendable, Equatable {
+    public var value: [UInt8]
+    public var flags: UInt32
+    /// Absolute unix seconds; 0 = never.
+    public var exptimeUnix: Int64
+    /// Orders writes to one key, and says when the write happened: wall-clock
+    /// nanoseconds of memcached's event (so versions survive daemon restarts,
+    /// and "stored before T" for flush_all is `version < T`).
+    public var version: UInt64
+
+    public init(value: [UInt8], flags: UInt32, exptimeUnix: Int64, version: UInt64) {
+        self.value = value
+        self.flags = flags
+        self.exptimeUnix = exptimeUnix
+        self.version = version
+    }
+
+    public func isExpired(now: Int64) -> Bool { exptimeUnix != 0 && exptimeUnix <= now }
+}
+
+/// An L3Store in this process's memory: `--no-cxl` runs and tests.
+public final class InMemoryL3Store: L3Store {
+    private struct State {
+        var items: [[UInt8]: L3Item] = [:]
+        var deleted: [[UInt8]: UInt64] = [:]
+        var flushBefore: Int64 = 0
+    }
+    private let state = Mutex(State())
+    private let clock: @Sendable () -> Int64
+
+    public init(clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
+        self.clock = clock
+    }
+
+    public func put(key: [UInt8], item: L3Item) throws {
+        state.withLock { s in
+            if let dead = s.deleted[key], dead >= item.version { return }
+            if let old = s.items[key], old.version > item.version { return }
+            s.items[key] = item
+        }
+    }
+
+    public func delete(key: [UInt8], version: UInt64) throws {
+        state.withLock { s in
+            if let old = s.items[key], old.version > version { return }
+            s.items[key] = nil
+            s.deleted[key] = max(s.deleted[key] ?? 0, version)
+        }
+    }
+
+    public func touch(key: [UInt8], exptimeUnix: Int64, version: UInt64) throws {
+        state.withLock { s in
+            guard var item = s.items[key], item.version <= version else { return }
+            item.exptimeUnix = exptimeUnix
+            s.items[key] = item
+        }
+    }
+
+    public func get(key: [UInt8]) throws -> L3Item? {
+        let now = clock()
+        return state.withLock { s in
+            guard let item = s.items[key], !item.isExpired(now: now) else { return nil }
+            if s.flushBefore != 0 && now >= s.flushBefore && item.version < UInt64(s.flushBefore) * 1_000_000_000 {
+                return nil
+            }
+            return item
+        }
+    }
+
+    public func flush(storedBefore unixTime: Int64) throws {
+        let now = clock()
+        state.withLock { s in
+            if unixTime <= now || unixTime == Int64.max {
+                // Events arrive in order: everything held was stored before this flush.
+                s.items.removeAll()
+            } else {
+                s.flushBefore = unixTime
+            }
+        }
+    }
+
+    public var count: Int { state.withLock { $0.items.count } }
+}

@@ -1,0 +1,258 @@
+import Foundation
+import MemcacheClient
+import MemcachedProbes
+import Synchronization
+
+/// Keeps L3 in step with memcached from its events: every applied write is
+/// written through (with the event's timestamp as its version), evicted items
+/// are kept, and a GET miss that L3 can answer is promoted back into
+/// memcached with add semantics (`ms <key> … ME`), so a newer client write is
+/// never clobbered and the next GET hits memcached (and then L1).
+///
+/// ``apply(_:)`` runs on the event consumer's thread and never blocks on the
+/// network: fetches and promotions go to a bounded queue served by one
+/// worker with its own connection. A full queue drops the job and counts it.
+public final class L3Sync: Sendable {
+    public struct Counters: Sendable, Equatable {
+        public var stores: UInt64 = 0
+        public var deletes: UInt64 = 0
+        public var touches: UInt64 = 0
+        public var deltas: UInt64 = 0
+        public var flushes: UInt64 = 0
+        /// Evicted items L3 did not hold yet, kept.
+        public var evictionsKept: UInt64 = 0
+        public var misses: UInt64 = 0
+        /// Misses L3 could answer.
+        public var l3Hits: UInt64 = 0
+        public var promoted: UInt64 = 0
+        /// Promotions memcached refused because the key exists again (a newer write won).
+        public var promotionsRaced: UInt64 = 0
+        public var fetched: UInt64 = 0
+        /// Jobs dropped because the queue was full.
+        public var dropped: UInt64 = 0
+        /// L3 or memcached errors (each logged by the caller's counters, never silent).
+        public var failures: UInt64 = 0
+        /// Times L3 was emptied because events were lost.
+        public var resyncs: UInt64 = 0
+        /// Sum of promotion latencies (miss event → memcached's HD), ns.
+        public var promotionNsTotal: UInt64 = 0
+    }
+
+    private enum Job {
+        case fetch(MemcachedEvent)
+        case promote(key: [UInt8], missAtNs: UInt64)
+    }
+
+    public let store: any L3Store
+    private let host: String
+    private let port: UInt16
+    private let counters = Mutex(Counters())
+    private let queue = Mutex<[Job]>([])
+    private let queueCapacity: Int
+    private let wake = DispatchSemaphore(value: 0)
+    private let stopped = Atomic<Bool>(false)
+    private let idle = DispatchSemaphore(value: 0)
+
+    /// Events lost so far (the probes' counter), read before every promotion;
+    /// nil when it cannot be read (then L3 is not trusted either).
+    private let lostEvents: @Sendable () -> UInt64?
+    private let lostSeen = Mutex<UInt64>(0)
+
+    /// `host`/`port`: memcached's TCP address, for fetches and promotions.
+    /// `lostEvents`: the probes' count of events lost (ring buffer full).
+    public init(store: any L3Store, memcachedHost host: String, port: UInt16, queueCapacity: Int = 65536,
+                lostEvents: @escaping @Sendable () -> UInt64? = { 0 }) {
+        self.store = store
+        self.lostEvents = lostEvents
+        self.host = host
+        self.port = port
+        self.queueCapacity = queueCapacity
+        let thread = Thread { [self] in self.work() }
+        thread.name = "cxl-bmc.l3sync"
+        thread.start()
+    }
+
+    public func stop() {
+        stopped.store(true, ordering: .releasing)
+        wake.signal()
+    }
+
+    public var snapshot: Counters { counters.withLock { $0 } }
+
+    private func count(_ update: (inout Counters) -> Void) {
+        counters.withLock { (c: inout Counters) -> Void in update(&c) }
+    }
+
+    private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    /// If events were lost (the ring buffer was full) since the last look,
+    /// whatever they said (a delete, say) is unknown, so nothing L3 holds may
+    /// be promoted over memcached any more: L3 drops it all and refills from
+    /// new writes. Checked before every promotion and by the consumer.
+    /// Returns whether it emptied L3.
+    @discardableResult
+    public func checkLostEvents() -> Bool {
+        let fresh: Bool
+        if let lost = lostEvents() {
+            fresh = lostSeen.withLock { seen -> Bool in
+                guard lost > seen else { return false }
+                seen = lost
+                return true
+            }
+        } else {
+            fresh = true
+        }
+        guard fresh else { return false }
+        do {
+            try store.flush(storedBefore: Int64.max)
+            count { $0.resyncs += 1 }
+        } catch {
+            count { $0.failures += 1 }
+        }
+        return true
+    }
+
+    /// Applies one event (consumer thread).
+    public func apply(_ event: MemcachedEvent) {
+        do {
+            switch event.kind {
+            case .store:
+                count { $0.stores += 1 }
+                if let value = event.value {
+                    try store.put(key: event.key, item: item(event, value: value, flags: event.clientFlags))
+                } else {
+                    enqueue(.fetch(event))
+                }
+            case .delete:
+                count { $0.deletes += 1 }
+                try store.delete(key: event.key, version: version(event))
+            case .touch:
+                count { $0.touches += 1 }
+                if let exptime = event.exptimeUnix {
+                    try store.touch(key: event.key, exptimeUnix: exptime, version: version(event))
+                }
+            case .delta:
+                count { $0.deltas += 1 }
+                if let old = try store.get(key: event.key) {
+                    var updated = old
+                    updated.value = Array(String(event.number).utf8)
+                    updated.version = version(event)
+                    try store.put(key: event.key, item: updated)
+                } else {
+                    enqueue(.fetch(event))
+                }
+            case .flush:
+                count { $0.flushes += 1 }
+                try store.flush(storedBefore: event.exptimeUnix ?? Self.now())
+            case .evict:
+                if let value = event.value, try store.get(key: event.key) == nil {
+                    count { $0.evictionsKept += 1 }
+                    try store.put(key: event.key, item: item(event, value: value, flags: event.clientFlags))
+                }
+            case .miss:
+                count { $0.misses += 1 }
+                enqueue(.promote(key: event.key, missAtNs: event.timestampNs))
+            }
+        } catch {
+            count { $0.failures += 1 }
+        }
+    }
+
+    private func item(_ event: MemcachedEvent, value: [UInt8], flags: UInt32) -> L3Item {
+        L3Item(value: value, flags: flags, exptimeUnix: event.exptimeUnix ?? 0, version: version(event))
+    }
+
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC when this started: turns events'
+    /// monotonic timestamps into wall-clock versions.
+    private let realtimeOffsetNs: Int64 = {
+        var mono = timespec(), real = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        clock_gettime(CLOCK_REALTIME, &real)
+        return (Int64(real.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(real.tv_nsec) - Int64(mono.tv_nsec)
+    }()
+
+    /// The event's wall-clock time in ns: its L3 version.
+    private func version(_ event: MemcachedEvent) -> UInt64 {
+        UInt64(max(1, Int64(event.timestampNs) + realtimeOffsetNs))
+    }
+
+    private func enqueue(_ job: Job) {
+        let accepted = queue.withLock { q -> Bool in
+            guard q.count < queueCapacity else { return false }
+            q.append(job)
+            return true
+        }
+        if accepted { wake.signal() } else { count { $0.dropped += 1 } }
+    }
+
+    /// Waits until every job queued so far is done (tests, shutdown).
+    public func drain(timeout: Duration = .seconds(10)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if queue.withLock({ $0.isEmpty }) && busy.load(ordering: .acquiring) == false { return true }
+            usleep(5_000)
+        }
+        return false
+    }
+    private let busy = Atomic<Bool>(false)
+
+    private func work() {
+        var client: MemcacheTCPClient?
+        while !stopped.load(ordering: .acquiring) {
+            wake.wait()
+            while let job = queue.withLock({ q in q.isEmpty ? nil : q.removeFirst() }) {
+                busy.store(true, ordering: .releasing)
+                defer { busy.store(false, ordering: .releasing) }
+                do {
+                    if client == nil { client = try MemcacheTCPClient(host: host, port: port, timeout: .seconds(2)) }
+                    try run(job, client!)
+                } catch {
+                    client = nil // reconnect next time
+                    count { $0.failures += 1 }
+                }
+            }
+        }
+    }
+
+    private func run(_ job: Job, _ client: MemcacheTCPClient) throws {
+        switch job {
+        case .fetch(let event):
+            let fetcher = MemcachedValueFetcher(client: client)
+            if case .fetched(let full) = try fetcher.fetch(event), let value = full.value {
+                count { $0.fetched += 1 }
+                var flags = full.clientFlags
+                if event.kind == .delta, let old = try store.get(key: event.key) { flags = old.flags }
+                try store.put(key: event.key, item: item(event, value: value, flags: flags))
+            }
+        case .promote(let key, let missAt):
+            checkLostEvents()
+            guard let hit = try store.get(key: key) else { return }
+            count { $0.l3Hits += 1 }
+            var flags = ["F\(hit.flags)", "ME"]
+            if hit.exptimeUnix != 0 {
+                let left = hit.exptimeUnix - Self.now()
+                guard left > 0 else { return }
+                flags.append("T\(left)")
+            }
+            let (name, encoded) = MemcachedValueFetcher.metaKey(key)
+            if encoded { flags.append("b") }
+            let reply = try client.request(.metaSet(name, value: hit.value, flags: flags))
+            guard case .meta(let meta) = reply else { throw MemcacheError.malformedReply("ms answered \(reply)") }
+            let took = UInt64(max(0, Int64(monotonicNowNs()) - Int64(missAt)))
+            if meta.code == "HD" {
+                count { $0.promoted += 1; $0.promotionNsTotal += took }
+            } else if meta.code == "NS" {
+                count { $0.promotionsRaced += 1 }
+            } else {
+                throw MemcacheError.malformedReply("ms answered \(meta.code)")
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads (event timestamps).
+func monotonicNowNs() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

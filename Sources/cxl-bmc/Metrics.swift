@@ -1,0 +1,107 @@
+import Foundation
+import L3Sync
+import Loader
+import MemcachedProbes
+import Prometheus
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `attach --metrics ADDR:PORT`: every counter of L1, of memcached's events
+/// and of L3 as Prometheus counters (swift-prometheus), served as text at
+/// `GET /metrics` by a small blocking HTTP responder on its own thread.
+final class MetricsExporter: @unchecked Sendable {
+    private let registry = PrometheusCollectorRegistry()
+    /// name → (counter, value already added): the sources are running totals.
+    private var counters: [String: (Counter, UInt64)] = [:]
+    private let lock = NSLock()
+    private let listener: Int32
+    let address: String
+
+    /// Binds `host:port` (IPv4 or IPv6 literal) or throws.
+    init(host: String, port: UInt16) throws {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE
+        var info: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &info) == 0, let first = info else {
+            throw CLIError("--metrics: \(host) is not an IP address")
+        }
+        defer { freeaddrinfo(info) }
+        let fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CLIError("--metrics: socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0, listen(fd, 16) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw CLIError("--metrics: cannot listen on \(host):\(port): \(reason)")
+        }
+        listener = fd
+        address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let thread = Thread { [self] in serve() }
+        thread.name = "cxl-bmc.metrics"
+        thread.start()
+    }
+
+    /// Brings every counter up to the sources' running totals.
+    func update(l1: L1Stats?, probes: MemcachedProbeStats?, l3: L3Sync.Counters?) {
+        lock.lock()
+        defer { lock.unlock() }
+        for c in l1?.counters ?? [] { add("cxlbmc_l1_\(c.key)_total", c.value, help: "L1: \(c.label)") }
+        if let p = probes {
+            for kind in MemcachedEvent.Kind.allCases {
+                add("cxlbmc_memcached_\(kind)_events_total", p.emitted(kind), help: "memcached \(kind) events")
+            }
+            add("cxlbmc_events_lost_total", p.lost, help: "memcached events lost (ring buffer full)")
+            add("cxlbmc_events_filtered_total", p.filtered, help: "probe hits in other processes, ignored")
+        }
+        if let c = l3 {
+            add("cxlbmc_l3_stores_total", c.stores, help: "stores written through to L3")
+            add("cxlbmc_l3_deletes_total", c.deletes, help: "deletes applied to L3")
+            add("cxlbmc_l3_misses_total", c.misses, help: "memcached misses looked up in L3")
+            add("cxlbmc_l3_hits_total", c.l3Hits, help: "memcached misses L3 could answer")
+            add("cxlbmc_l3_promoted_total", c.promoted, help: "items promoted back into memcached")
+            add("cxlbmc_l3_promotions_raced_total", c.promotionsRaced, help: "promotions refused: a newer write won")
+            add("cxlbmc_l3_promotion_microseconds_total", c.promotionNsTotal / 1000, help: "sum of promotion latencies, µs")
+            add("cxlbmc_l3_dropped_total", c.dropped, help: "L3 jobs dropped: queue full")
+            add("cxlbmc_l3_failures_total", c.failures, help: "L3 or memcached errors")
+            add("cxlbmc_l3_resyncs_total", c.resyncs, help: "times L3 was emptied after lost events")
+        }
+    }
+
+    private func add(_ name: String, _ total: UInt64, help: String) {
+        let (counter, seen) = counters[name] ?? (registry.makeCounter(name: name, help: help), 0)
+        if total > seen { counter.increment(by: Int64(total - seen)) }
+        counters[name] = (counter, max(seen, total))
+    }
+
+    private func serve() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var request = [UInt8](repeating: 0, count: 2048)
+            let n = read(client, &request, request.count)
+            let line = n > 0 ? String(decoding: request[0..<n].prefix { $0 != 13 && $0 != 10 }, as: UTF8.self) : ""
+            let response: [UInt8]
+            if line.hasPrefix("GET /metrics ") || line == "GET /metrics" {
+                lock.lock()
+                let body = registry.emitToBuffer()
+                lock.unlock()
+                response = Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+            } else {
+                let body = Array("cxl-bmc serves GET /metrics only\n".utf8)
+                response = Array("HTTP/1.1 404 Not Found\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+            }
+            _ = response.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+            close(client)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import L3Sync
+import Synchronization
+import MemcacheClient
+import MemcachedProbes
+import Testing
+
+/// L3 kept in step with a real memcached through its uprobes: written through, and promoted back
+/// after memcached lost its data (killed and restarted), byte-exact with flags and TTL, never
+/// clobbering a newer write, never resurrecting a deleted key.
+@Suite(.serialized, .enabled(if: Privilege.shouldRun && LoopbackMemcached.shouldRun))
+struct L3SyncTests {
+    init() throws { try Privilege.require() }
+
+    /// Feeds `probed`'s events to `sync` until `done` holds.
+    private func pump(_ probed: ProbedMemcached, _ sync: L3Sync, until done: () throws -> Bool) throws {
+        let deadline = ContinuousClock.now + .seconds(5)
+        var applied = probed.mark
+        while ContinuousClock.now < deadline {
+            try probed.collect(timeout: .milliseconds(50)) { _ in true }
+            for e in probed.events[applied...] { sync.apply(e) }
+            applied = probed.events.count
+            _ = sync.drain(timeout: .seconds(2))
+            if try done() { return }
+        }
+        throw HarnessError("condition not reached; events: \(probed.events.map(\.summary))")
+    }
+
+    @Test func writeThroughThenPromotionAfterMemcachedRestarts() throws {
+        let store = InMemoryL3Store()
+        let value = Array("the value \u{1}\u{2}\r\n with CRLF inside".utf8)
+        var sync: L3Sync!
+        var expiry: Int64 = 0
+        // memcached A: the writes.
+        try LoopbackMemcached.with { a in
+            sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
+            let probed = try ProbedMemcached(server: a, binary: LoopbackMemcached.binary)
+            let c = try a.tcp()
+            #expect(try c.set("keep", value, flags: 77, exptime: 300) == .stored)
+            #expect(try c.set("gone", [1, 2, 3]) == .stored)
+            #expect(try c.delete("gone") == .deleted)
+            try pump(probed, sync) { try store.get(key: Array("keep".utf8)) != nil }
+            #expect(try store.get(key: Array("gone".utf8)) == nil)
+            let held = try #require(try store.get(key: Array("keep".utf8)))
+            #expect(held.value == value && held.flags == 77)
+            #expect(abs(held.exptimeUnix - Int64(Date().timeIntervalSince1970) - 300) <= 2)
+            expiry = held.exptimeUnix
+            sync.stop()
+        }
+        // memcached B: empty after the restart. A GET misses, L3 answers, the item is promoted.
+        try LoopbackMemcached.with { b in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: b.port)
+            defer { sync.stop() }
+            let probed = try ProbedMemcached(server: b, binary: LoopbackMemcached.binary)
+            let c = try b.tcp()
+            #expect(try c.get("keep") == nil, "B starts empty")
+            #expect(try c.get("gone") == nil)
+            try pump(probed, sync) { sync.snapshot.promoted >= 1 }
+            let promoted = try #require(try c.get("keep"))
+            #expect(promoted.data == value && promoted.flags == 77)
+            guard case .meta(let meta) = try c.request(.metaGet("keep", flags: ["t"])),
+                  let ttl = meta.flags.first(where: { $0.hasPrefix("t") }).flatMap({ Int($0.dropFirst()) }) else {
+                Issue.record("no TTL")
+                return
+            }
+            let now = Int64(Date().timeIntervalSince1970)
+            #expect(abs(now + Int64(ttl) - expiry) <= 2, "the same expiry carried over: \(ttl) s left")
+            #expect(try c.get("gone") == nil, "a deleted key is never resurrected")
+            let counts = sync.snapshot
+            #expect(counts.misses >= 2 && counts.l3Hits == 1 && counts.promoted == 1 && counts.failures == 0)
+
+            // A newer write wins over a promotion (add semantics): L3 holds an older value.
+            try store.put(key: Array("race".utf8), item: L3Item(value: [9], flags: 0, exptimeUnix: 0, version: 1))
+            #expect(try c.set("race", Array("new".utf8)) == .stored)
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("race".utf8)))
+            #expect(sync.drain())
+            #expect(try c.get("race")?.data == Array("new".utf8))
+            #expect(sync.snapshot.promotionsRaced == 1)
+        }
+    }
+
+    /// Lost events may have been deletes: after a loss nothing in L3 is promoted, L3 is emptied.
+    @Test func lostEventsStopPromotionsAndEmptyL3() throws {
+        let store = InMemoryL3Store()
+        let lost = Mutex<UInt64>(0)
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
+                              lostEvents: { lost.withLock { $0 } })
+            defer { sync.stop() }
+            try store.put(key: Array("x".utf8), item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 1))
+            lost.withLock { $0 = 3 }
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("x".utf8)))
+            #expect(sync.drain())
+            #expect(try a.tcp().get("x") == nil, "not promoted after a loss")
+            #expect(try store.get(key: Array("x".utf8)) == nil)
+            #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promoted == 0)
+            // No new loss: promotions resume.
+            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: 2))
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("y".utf8)))
+            #expect(sync.drain())
+            #expect(try a.tcp().get("y")?.data == [2])
+            #expect(sync.snapshot.resyncs == 1)
+        }
+    }
+
+    /// flush_all with a delay: items stored before the flush time disappear at that time, not
+    /// before; items stored after it stay (versions are wall-clock ns of the write).
+    @Test func delayedFlushTakesEffectAtItsTime() throws {
+        let now = Mutex<Int64>(1_000_000)
+        let store = InMemoryL3Store(clock: { now.withLock { $0 } })
+        let ns: (Int64) -> UInt64 = { UInt64($0) * 1_000_000_000 }
+        try store.put(key: [1], item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: ns(999_999)))
+        try store.flush(storedBefore: 1_000_005)
+        #expect(try store.get(key: [1]) != nil, "not yet")
+        now.withLock { $0 = 1_000_006 }
+        try store.put(key: [2], item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: ns(1_000_006)))
+        #expect(try store.get(key: [1]) == nil, "stored before the flush time")
+        #expect(try store.get(key: [2]) != nil, "stored after it")
+        // A late put of an older version cannot come back after a delete.
+        try store.delete(key: [2], version: ns(1_000_007))
+        try store.put(key: [2], item: L3Item(value: [3], flags: 0, exptimeUnix: 0, version: ns(1_000_006) + 1))
+        #expect(try store.get(key: [2]) == nil)
+    }
+
+    @Test func flushAllEmptiesL3() throws {
+        let store = InMemoryL3Store()
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
+            defer { sync.stop() }
+            let probed = try ProbedMemcached(server: a, binary: LoopbackMemcached.binary)
+            let c = try a.tcp()
+            #expect(try c.set("f1", [1]) == .stored)
+            try pump(probed, sync) { try store.get(key: Array("f1".utf8)) != nil }
+            #expect(try c.flushAll() == .ok)
+            try pump(probed, sync) { sync.snapshot.flushes == 1 }
+            #expect(try store.get(key: Array("f1".utf8)) == nil)
+        }
+    }
+}
