@@ -11,6 +11,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // The ABI shared with the BPF programs: bpf/include is both the BPF
@@ -41,7 +42,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI",
+                "Loader", "CXLBMCABI", "CXLTier",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -76,5 +77,23 @@ let package = Package(
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
+
+        // L3: the item store in (emulated) CXL memory. libnuma and libdaxctl for the NUMA and
+        // devdax regions; a C shim for crc32c (SSE4.2), atomics and cache-line flushes.
+        .systemLibrary(name: "CNuma", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CDaxctl", pkgConfig: "libdaxctl", providers: [.apt(["libdaxctl-dev"])]),
+        .target(name: "CCXLTierShim"),
+        .target(name: "CXLTier", dependencies: ["CCXLTierShim", "CNuma", "CDaxctl"]),
+        // Writer/reader/verifier processes for the multi-process and kill -9 tests.
+        .executableTarget(
+            name: "cxl-tier-tool",
+            dependencies: ["CXLTier", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // The CXLTier benchmark against a Swift Dictionary baseline (release build).
+        .executableTarget(name: "cxl-tier-bench", dependencies: ["CXLTier", "CCXLTierShim"]),
+        .testTarget(
+            name: "CXLTierTests",
+            dependencies: ["CXLTier", "CCXLTierShim", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
     ]
 )

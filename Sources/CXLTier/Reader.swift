@@ -1,0 +1,116 @@
+import CCXLTierShim
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// What a validated lookup found.
+enum Lookup {
+    case hit(TierItem, pos: Int)
+    /// The newest record for the key is a tombstone (or expired item) with this version.
+    case deleted(version: UInt64, pos: Int)
+    case expired(TierItem, pos: Int)
+    case miss
+}
+
+/// Lock-free, validated reads of one partition, safe in any process or host that maps the pool.
+///
+/// It trusts nothing it finds in shared memory: every slot and length is bounds-checked against
+/// the geometry copied at open, the record is copied out, and the copy is accepted only when its
+/// crc32c (seeded with its log position), its key and the slot it came from (re-read after the
+/// copy, seqlock style) all agree. Anything else is a miss. It never writes to the pool and never
+/// waits for the writer.
+public final class PartitionReader: @unchecked Sendable {
+    let memory: PartitionMemory
+    private let hitCount = Atomic<UInt64>(0)
+    private let missCount = Atomic<UInt64>(0)
+    private let checksumFailureCount = Atomic<UInt64>(0)
+
+    init(memory: PartitionMemory) {
+        self.memory = memory
+    }
+
+    public var geometry: PartitionGeometry { memory.geometry }
+
+    /// This reader's own counters (readers never write to the pool).
+    public var counters: (hits: UInt64, misses: UInt64, checksumFailures: UInt64) {
+        (hitCount.load(ordering: .relaxed), missCount.load(ordering: .relaxed), checksumFailureCount.load(ordering: .relaxed))
+    }
+
+    /// The item stored under `key`, or nil (absent, deleted, expired, or failed validation).
+    public func get(_ key: [UInt8]) -> TierItem? {
+        let result = key.withUnsafeBytes { lookup($0) }
+        if case let .hit(item, _) = result {
+            hitCount.add(1, ordering: .relaxed)
+            return item
+        }
+        missCount.add(1, ordering: .relaxed)
+        return nil
+    }
+
+    /// Where `key`'s current record is, for PGAS reads by other nodes.
+    public func locate(_ key: [UInt8]) -> GlobalPointer? {
+        guard case let .hit(_, pos) = key.withUnsafeBytes({ lookup($0) }) else { return nil }
+        return GlobalPointer(partition: memory.geometry.id, offset: UInt64(memory.geometry.logOffset + memory.phys(pos)))
+    }
+
+    /// The partition's statistics as its writer last stored them (range-checked by nobody: informational).
+    public func stats() -> PartitionStats { memory.stats() }
+
+    func lookup(_ key: UnsafeRawBufferPointer) -> Lookup {
+        let m = memory
+        guard key.count > 0, key.count <= PoolFormat.Item.maxKeyLength else { return .miss }
+        let h = KeyHash(key, buckets: m.geometry.bucketCount)
+        for bucket in [h.bucket1, h.bucket2] {
+            m.flush.invalidate(m.bucketAddress(bucket), count: PoolFormat.line)
+            for i in 0..<PoolFormat.slotsPerBucket {
+                let slot = m.slot(bucket, i)
+                let s = cxltier_load_acquire(slot)
+                guard s != 0, s >> 48 == h.tag else { continue }
+                let result = read(slot: slot, value: s, key: key)
+                if case .miss = result { continue }
+                return result
+            }
+        }
+        return .miss
+    }
+
+    /// Copies out and validates the record `s` points at; `.miss` unless it is `key`'s.
+    private func read(slot: UnsafeMutablePointer<UInt64>, value s: UInt64, key: UnsafeRawBufferPointer) -> Lookup {
+        let m = memory
+        let logSize = m.geometry.logSize
+        let pos = PartitionMemory.position(ofSlot: s)
+        guard pos >= 0 else { return .miss }
+        let phys = m.phys(pos)
+        guard phys + PoolFormat.Item.headerSize <= logSize else { return .miss }
+        let src = UnsafeRawPointer(m.log + phys)
+        m.flush.invalidate(src, count: PoolFormat.Item.headerSize)
+        var head = (UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &head) { cxltier_copy_volatile($0.baseAddress, src, 16) }
+        let header = withUnsafeBytes(of: &head) { RecordHeader(at: $0.baseAddress!, phys: phys, logSize: logSize) }
+        guard let header, !header.isPad, header.keyLength == key.count, header.length <= m.geometry.maxRecordSize else { return .miss }
+        let length = header.length
+        m.flush.invalidate(src, count: length)
+        return withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { buffer -> Lookup in
+            let copy = UnsafeRawPointer(buffer.baseAddress!)
+            cxltier_copy_volatile(buffer.baseAddress, src, length)
+            cxltier_fence_acquire()
+            // Seqlock: the writer clears or moves the slot before reusing the record's space.
+            guard cxltier_load_acquire(slot) == s else { return .miss }
+            // The copy's own header must be the one the lengths came from.
+            guard copy.loadUnaligned(fromByteOffset: 4, as: UInt32.self) == UInt32(truncatingIfNeeded: head.0 >> 32),
+                  copy.loadUnaligned(fromByteOffset: 8, as: UInt64.self) == head.1 else { return .miss }
+            guard header.checksumMatches(copy, pos: pos) else {
+                checksumFailureCount.add(1, ordering: .relaxed)
+                return .miss
+            }
+            guard memcmp(copy + header.keyOffset, key.baseAddress!, key.count) == 0 else { return .miss }
+            if header.isTombstone { return .deleted(version: header.version, pos: pos) }
+            let valueStart = header.keyOffset + header.keyLength
+            let value = [UInt8](UnsafeRawBufferPointer(start: copy + valueStart, count: header.valueLength))
+            let item = TierItem(value: value, flags: header.flags(copy), exptime: header.exptime(copy), version: header.version)
+            if item.exptime != 0 && item.exptime <= m.clock() { return .expired(item, pos: pos) }
+            return .hit(item, pos: pos)
+        }
+    }
+}
