@@ -89,8 +89,8 @@ struct KeyHash {
         let crc = UInt64(cxltier_crc32c(0xFFFF_FFFF, key.baseAddress, key.count))
         let h = Self.fmix(crc | UInt64(key.count) << 32)
         let n = UInt64(buckets)
-        bucket1 = Int((h & 0xFFFF_FFFF) &* n >> 32)
-        var b2 = Int((h >> 32) &* n >> 32)
+        bucket1 = Int(((h & 0xFFFF_FFFF) &* n) >> 32)
+        var b2 = Int(((h >> 32) &* n) >> 32)
         if b2 == bucket1 && buckets > 1 { b2 = (b2 + 1) % buckets }
         bucket2 = b2
         tag = Self.fmix(h) >> 48

@@ -41,7 +41,9 @@ public final class Pool: @unchecked Sendable {
         guard specs.count <= PoolFormat.maxPartitions else {
             throw CXLTierError.geometry("\(specs.count) slices; a pool holds at most \(PoolFormat.maxPartitions) partitions")
         }
-        guard bytesPerSlot >= PoolFormat.line else { throw CXLTierError.geometry("bytesPerSlot must be at least 64") }
+        guard bytesPerSlot >= PoolFormat.line, bytesPerSlot <= Int(UInt16.max) else {
+            throw CXLTierError.geometry("bytesPerSlot must be in 64...65535")
+        }
         let headerPage = 0..<PoolFormat.pageSize
         var geometries: [PartitionGeometry] = []
         for (i, s) in specs.enumerated() {
@@ -80,7 +82,7 @@ public final class Pool: @unchecked Sendable {
             e.setU64(TE.size, UInt64(g.size))
             let p = base + g.offset
             p.initializeMemory(as: UInt8.self, repeating: 0, count: g.logOffset)
-            writePartitionHeader(p, g, poolSize: region.size, partitionCount: geometries.count)
+            writePartitionHeader(p, g, poolSize: region.size, partitionCount: geometries.count, bytesPerSlot: bytesPerSlot)
             flush.writeBack(p, count: g.logOffset)
         }
         base.setU32(PH.checksum, poolChecksum(base, count: geometries.count))
@@ -89,7 +91,7 @@ public final class Pool: @unchecked Sendable {
         return try Pool(region: region, flush: flush)
     }
 
-    static func writePartitionHeader(_ p: UnsafeMutableRawPointer, _ g: PartitionGeometry, poolSize: Int, partitionCount: Int) {
+    static func writePartitionHeader(_ p: UnsafeMutableRawPointer, _ g: PartitionGeometry, poolSize: Int, partitionCount: Int, bytesPerSlot: Int) {
         p.setU64(H.magic, PoolFormat.partitionMagic)
         p.setU32(H.formatVersion, PoolFormat.version)
         p.setU32(H.partitionID, UInt32(g.id))
@@ -99,7 +101,8 @@ public final class Pool: @unchecked Sendable {
         p.setU64(H.partitionSize, UInt64(g.size))
         p.setU64(H.poolSize, UInt64(poolSize))
         p.setU64(H.logOffset, UInt64(g.logOffset))
-        p.setU32(H.partitionCount, UInt32(partitionCount))
+        p.setU16(H.partitionCount, UInt16(partitionCount))
+        p.setU16(H.bytesPerSlot, UInt16(bytesPerSlot))
         p.setU32(H.checksum, CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 60)))
     }
 
@@ -134,6 +137,9 @@ public final class Pool: @unchecked Sendable {
         }
         createdAt = base.u64(PH.createdAt)
         bytesPerSlot = Int(base.u32(PH.bytesPerSlot))
+        guard bytesPerSlot >= PoolFormat.line, bytesPerSlot <= Int(UInt16.max) else {
+            throw CXLTierError.corrupt("pool header: bytes per slot \(bytesPerSlot) out of range")
+        }
         var geometries: [PartitionGeometry] = []
         for i in 0..<count {
             let e = base + 64 + 64 * i
@@ -163,7 +169,7 @@ public final class Pool: @unchecked Sendable {
         guard version <= PoolFormat.version else { throw CXLTierError.newerFormat(found: version, supported: PoolFormat.version) }
         let g = try PartitionGeometry.layout(id: i, ownerNode: ownerNode, offset: offset, size: size, bytesPerSlot: bytesPerSlot)
         guard p.u32(H.partitionID) == UInt32(i), p.u32(H.ownerNode) == UInt32(ownerNode), p.u64(H.partitionOffset) == UInt64(offset),
-              p.u64(H.partitionSize) == UInt64(size), p.u64(H.poolSize) == UInt64(poolSize), Int(p.u32(H.partitionCount)) == count,
+              p.u64(H.partitionSize) == UInt64(size), p.u64(H.poolSize) == UInt64(poolSize), Int(p.u16(H.partitionCount)) == count, Int(p.u16(H.bytesPerSlot)) == bytesPerSlot,
               Int(p.u32(H.bucketCount)) == g.bucketCount, Int(p.u64(H.logOffset)) == g.logOffset else {
             throw CXLTierError.corrupt("\(at): disagrees with the partition table")
         }

@@ -87,8 +87,10 @@ public enum PoolFormat {
         public static let poolSize = 40
         /// u64: partition offset of the log (after the index, 4 KiB aligned).
         public static let logOffset = 48
-        /// u16: partitions in the pool (replicates the pool header); u16 reserved.
+        /// u16: partitions in the pool (replicates the pool header).
         public static let partitionCount = 56
+        /// u16: log bytes per index slot (replicates the pool header).
+        public static let bytesPerSlot = 58
         /// u32: crc32c of bytes 0..<60.
         public static let checksum = 60
 
@@ -161,6 +163,8 @@ extension UnsafeMutableRawPointer {
     @inline(__always) func u32(_ offset: Int) -> UInt32 { UInt32(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
     @inline(__always) func u64(_ offset: Int) -> UInt64 { UInt64(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
     @inline(__always) func setU32(_ offset: Int, _ v: UInt32) { storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self) }
+    @inline(__always) func setU16(_ offset: Int, _ v: UInt16) { storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt16.self) }
+    @inline(__always) func u16(_ offset: Int) -> UInt16 { UInt16(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self)) }
     @inline(__always) func setU64(_ offset: Int, _ v: UInt64) { storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self) }
     /// An aligned 64-bit word for atomics.
     @inline(__always) func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {

@@ -25,13 +25,12 @@ enum Recovery {
     /// newest valid record of every key. Torn records (the last put of a killed writer) and
     /// damaged lines fail their checksum and are skipped; the walk continues past the stored
     /// tail while records validate, so a put that completed before its tail update is kept.
-    static func rebuild(_ m: PartitionMemory) -> RecoveryReport {
+    static func rebuild(_ m: PartitionMemory, wasClean: Bool) -> RecoveryReport {
         let g = m.geometry
         let logSize = g.logSize
         var head = Int(truncatingIfNeeded: m.loadHeader(H.head))
         var tail = Int(truncatingIfNeeded: m.loadHeader(H.tail))
         var lastVersion = m.loadHeader(H.lastVersion) & PoolFormat.Item.maxVersion
-        let wasClean = m.loadHeader(H.cleanShutdown) == 1
         var resetLog = false
         let line = PoolFormat.line
         if head < 0 || tail < head || tail - head > logSize || head % line != 0 || tail % line != 0 || tail > 1 << 53 {

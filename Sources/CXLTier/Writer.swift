@@ -34,8 +34,9 @@ public final class PartitionWriter: @unchecked Sendable {
     init(memory: PartitionMemory) throws {
         self.memory = memory
         self.reader = PartitionReader(memory: memory)
+        let wasClean = memory.loadHeader(H.cleanShutdown) == 1
         try Self.acquireLease(memory)
-        let report = Recovery.rebuild(memory)
+        let report = Recovery.rebuild(memory, wasClean: wasClean)
         head = report.head
         tail = report.tail
         lastVersion = report.lastVersion
