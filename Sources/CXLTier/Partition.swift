@@ -195,7 +195,11 @@ final class PartitionMemory: @unchecked Sendable {
 
     /// Slot value: tag in the top 16 bits, log position / 64 + 1 in the low 48 (0 = empty).
     @inline(__always) static func slotValue(tag: UInt64, pos: Int) -> UInt64 { tag << 48 | (UInt64(pos / PoolFormat.line) + 1) }
-    @inline(__always) static func position(ofSlot s: UInt64) -> Int { Int((s & 0xFFFF_FFFF_FFFF) - 1) * PoolFormat.line }
+    /// The log position a slot points at; -1 for a value no writer stores (garbage in the pool).
+    @inline(__always) static func position(ofSlot s: UInt64) -> Int {
+        let line = s & 0xFFFF_FFFF_FFFF
+        return line == 0 ? -1 : Int(line - 1) * PoolFormat.line
+    }
 
     @inline(__always) func phys(_ pos: Int) -> Int { pos % geometry.logSize }
 

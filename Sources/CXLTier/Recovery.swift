@@ -36,8 +36,8 @@ enum Recovery {
         if head < 0 || tail < head || tail - head > logSize || head % line != 0 || tail % line != 0 || tail > 1 << 53 {
             // The window itself is damaged: start an empty log after everything that could exist.
             resetLog = true
-            let start = max(0, tail, head)
-            let aligned = min(PoolFormat.alignUp(start, logSize), 1 << 53) + logSize
+            let start = min(max(0, tail, head), 1 << 52)
+            let aligned = PoolFormat.alignUp(start, logSize) + logSize
             head = aligned
             tail = aligned
         }

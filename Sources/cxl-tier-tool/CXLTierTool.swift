@@ -61,6 +61,8 @@ struct Write: ParsableCommand {
         var rng = SplitMix(seed: seed ^ UInt64(getpid()))
         let deadline = seconds > 0 ? now() + seconds : .infinity
         var i = 0
+        // Tells a test that recovery is over and puts are starting.
+        _ = write(1, "ready\n", 6)
         while count == 0 || i < count {
             if i % 256 == 0 && now() > deadline { break }
             i += 1

@@ -60,7 +60,7 @@ func runModel(_ ops: [Op], poolSize: Int, exact: Bool) throws {
         case 4:
             // An explicit version: refused unless newer than what the key has (tombstones too).
             let current = max(model[k]?.version ?? 0, tombstones[k] ?? 0)
-            let version = max(1, current + UInt64(arg) - 20)
+            let version = current + UInt64(arg) > 20 ? current + UInt64(arg) - 20 : 1
             let value = modelValue(key: k, length: length, salt: n)
             let result = try writer.put(key(k), value, version: version)
             let known = exact || model[k] != nil || tombstones[k] != nil

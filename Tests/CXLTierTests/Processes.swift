@@ -122,11 +122,17 @@ struct ProcessTests {
         _ = try tmp.create(size: 64 << 20)
         let ack = NSTemporaryDirectory() + "cxl-tier-ack-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         defer { unlink(ack) }
+        #expect(FileManager.default.createFile(atPath: ack, contents: nil))
         var killed = 0
         for iteration in 0..<50 {
             let writer = try Child(tool, ["write", tmp.path, "--keys", "500", "--ack", ack, "--count", "20000",
                                           "--delete-every", "11", "--seed", "\(iteration)"])
-            usleep(UInt32.random(in: 1_000...80_000))
+            // Mostly while puts run; one time in five during start-up and recovery.
+            if iteration % 5 != 0 {
+                let start = Date()
+                while !writer.stdoutText.hasPrefix("ready") && Date().timeIntervalSince(start) < 20 { usleep(1000) }
+            }
+            usleep(UInt32.random(in: 0...40_000))
             writer.kill9()
             let status = try writer.wait()
             if status == 128 + SIGKILL { killed += 1 }
@@ -136,6 +142,8 @@ struct ProcessTests {
             #expect(result["lost"] == 0 && result["wrong"] == 0, "iteration \(iteration): \(result)")
         }
         #expect(killed >= 40, "most writers must die mid-run (\(killed) of 50)")
+        let acked = try String(contentsOfFile: ack, encoding: .utf8).split(separator: "\n").count
+        #expect(acked > 50 * 100, "the writers acknowledged only \(acked) operations")
         let pool = try tmp.open()
         #expect(try pool.stats(partition: 0).reclaimed == 0, "no reclaim, so every ack is checkable")
         #expect(try pool.stats(partition: 0).epoch > 50)
