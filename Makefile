@@ -8,7 +8,7 @@ SWIFT   ?= swift
 SCRATCH ?= .build
 SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 
-.PHONY: build test deps demo bench clean
+.PHONY: build test deps demo bench bench-tier clean
 
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
@@ -33,6 +33,13 @@ bench: deps
 	mkdir -p docs/benchmarks
 	$(SCRATCH)/release/cxl-bmc-bench --runs 50000 | tee docs/benchmarks/programs.txt
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
+	$(MAKE) bench-tier
+
+# L3 (CXLTier): 10 M items in an emulated pool against a Swift Dictionary, in the same run.
+bench-tier:
+	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product cxl-tier-bench
+	mkdir -p docs/benchmarks
+	$(SCRATCH)/release/cxl-tier-bench --items 10000000 --samples 1000000 | tee docs/benchmarks/cxltier.md
 
 clean:
 	rm -rf $(SCRATCH)

@@ -132,9 +132,9 @@ public enum PoolCheck {
                 let phys = m.phys(pos)
                 let p = m.log + phys
                 if phys + PoolFormat.Item.headerSize <= logSize, let h = RecordHeader(at: p, phys: phys, logSize: logSize),
-                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumMatches(p, pos: pos) {
+                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumState(p, pos: pos) != .damaged {
                     closeRun(at: pos)
-                    if !h.isPad { valid += 1 }
+                    if !h.isPad && h.checksumMatches(p, pos: pos) { valid += 1 }
                     pos += h.size
                 } else {
                     if runStart == nil { runStart = pos }
@@ -282,7 +282,7 @@ public enum PoolCheck {
             let phys = m.phys(pos)
             let p = m.log + phys
             if phys + PoolFormat.Item.headerSize <= g.logSize, let h = RecordHeader(at: p, phys: phys, logSize: g.logSize),
-               pos + h.size <= tail || h.isPad, h.checksumMatches(p, pos: pos) {
+               pos + h.size <= tail || h.isPad, h.checksumState(p, pos: pos) != .damaged {
                 pad(until: pos)
                 pos += h.size
             } else {

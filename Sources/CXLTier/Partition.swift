@@ -97,6 +97,8 @@ struct KeyHash {
     }
 }
 
+enum RecordState { case live, dead, damaged }
+
 /// A record decoded from the log. Offsets are into the buffer it was read from.
 struct RecordHeader {
     var keyLength: Int
@@ -154,6 +156,15 @@ struct RecordHeader {
         UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == Self.checksum(p, length: length, pos: pos)
     }
 
+    /// A live record's crc, or a superseded ("dead") one's: the writer inverts the crc of the
+    /// record a put replaces, so a rebuild never brings an overwritten or deleted value back
+    /// even if the newer record is later damaged. Either way the bytes are a whole record.
+    @inline(__always) func checksumState(_ p: UnsafeRawPointer, pos: Int) -> RecordState {
+        let stored = UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))
+        let computed = Self.checksum(p, length: length, pos: pos)
+        return stored == computed ? .live : stored == ~computed ? .dead : .damaged
+    }
+
     @inline(__always) func flags(_ p: UnsafeRawPointer) -> UInt32 {
         kind.contains(.hasFlags) ? UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)) : 0
     }
@@ -184,7 +195,23 @@ final class PartitionMemory: @unchecked Sendable {
         self.index = base + geometry.indexOffset
         self.log = base + geometry.logOffset
         self.flush = flush
+        self.coherent = flush is CoherentFlush
         self.clock = clock
+    }
+
+    /// True for ``CoherentFlush``: the hot paths then skip the policy calls altogether.
+    let coherent: Bool
+
+    @inline(__always) func writeBack(_ address: UnsafeRawPointer, count: Int) {
+        if !coherent { flush.writeBack(address, count: count) }
+    }
+
+    @inline(__always) func storeFence() {
+        if !coherent { flush.storeFence() }
+    }
+
+    @inline(__always) func invalidate(_ address: UnsafeRawPointer, count: Int) {
+        if !coherent { flush.invalidate(address, count: count) }
     }
 
     @inline(__always) func slot(_ bucket: Int, _ i: Int) -> UnsafeMutablePointer<UInt64> {

@@ -11,6 +11,8 @@ enum Lookup {
     case deleted(version: UInt64, pos: Int)
     case expired(TierItem, pos: Int)
     case miss
+    /// The slot changed while the record was copied: look again.
+    case retry
 }
 
 /// Lock-free, validated reads of one partition, safe in any process or host that maps the pool.
@@ -58,11 +60,22 @@ public final class PartitionReader: @unchecked Sendable {
     public func stats() -> PartitionStats { memory.stats() }
 
     func lookup(_ key: UnsafeRawBufferPointer) -> Lookup {
-        let m = memory
         guard key.count > 0, key.count <= PoolFormat.Item.maxKeyLength else { return .miss }
-        let h = KeyHash(key, buckets: m.geometry.bucketCount)
-        for bucket in [h.bucket1, h.bucket2] {
-            m.flush.invalidate(m.bucketAddress(bucket), count: PoolFormat.line)
+        let h = KeyHash(key, buckets: memory.geometry.bucketCount)
+        // A concurrent put moved the key: a bounded number of fresh looks, then a miss.
+        for _ in 0..<4 {
+            let result = lookupOnce(key, h)
+            if case .retry = result { continue }
+            return result
+        }
+        return .miss
+    }
+
+    private func lookupOnce(_ key: UnsafeRawBufferPointer, _ h: KeyHash) -> Lookup {
+        let m = memory
+        for choice in 0..<2 {
+            let bucket = choice == 0 ? h.bucket1 : h.bucket2
+            m.invalidate(m.bucketAddress(bucket), count: PoolFormat.line)
             for i in 0..<PoolFormat.slotsPerBucket {
                 let slot = m.slot(bucket, i)
                 let s = cxltier_load_acquire(slot)
@@ -84,19 +97,19 @@ public final class PartitionReader: @unchecked Sendable {
         let phys = m.phys(pos)
         guard phys + PoolFormat.Item.headerSize <= logSize else { return .miss }
         let src = UnsafeRawPointer(m.log + phys)
-        m.flush.invalidate(src, count: PoolFormat.Item.headerSize)
+        m.invalidate(src, count: PoolFormat.Item.headerSize)
         var head = (UInt64(0), UInt64(0))
         withUnsafeMutableBytes(of: &head) { cxltier_copy_volatile($0.baseAddress, src, 16) }
         let header = withUnsafeBytes(of: &head) { RecordHeader(at: $0.baseAddress!, phys: phys, logSize: logSize) }
         guard let header, !header.isPad, header.keyLength == key.count, header.length <= m.geometry.maxRecordSize else { return .miss }
         let length = header.length
-        m.flush.invalidate(src, count: length)
+        m.invalidate(src, count: length)
         return withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { buffer -> Lookup in
             let copy = UnsafeRawPointer(buffer.baseAddress!)
             cxltier_copy_volatile(buffer.baseAddress, src, length)
             cxltier_fence_acquire()
             // Seqlock: the writer clears or moves the slot before reusing the record's space.
-            guard cxltier_load_acquire(slot) == s else { return .miss }
+            guard cxltier_load_acquire(slot) == s else { return .retry }
             // The copy's own header must be the one the lengths came from.
             guard copy.loadUnaligned(fromByteOffset: 4, as: UInt32.self) == UInt32(truncatingIfNeeded: head.0 >> 32),
                   copy.loadUnaligned(fromByteOffset: 8, as: UInt64.self) == head.1 else { return .miss }

@@ -42,8 +42,8 @@ enum Recovery {
             tail = aligned
         }
         m.index.initializeMemory(as: UInt8.self, repeating: 0, count: g.bucketCount * PoolFormat.line)
-        m.flush.writeBack(m.index, count: g.bucketCount * PoolFormat.line)
-        m.flush.storeFence()
+        m.writeBack(m.index, count: g.bucketCount * PoolFormat.line)
+        m.storeFence()
 
         var items: Int64 = 0, bytes: Int64 = 0, evictions: UInt64 = 0
         var records = 0, pastTail = 0, damaged = 0
@@ -55,7 +55,7 @@ enum Recovery {
             guard phys + PoolFormat.Item.headerSize <= logSize,
                   let header = RecordHeader(at: p, phys: phys, logSize: logSize),
                   pos + header.size - head <= logSize,
-                  header.checksumMatches(p, pos: pos) else {
+                  case let state = header.checksumState(p, pos: pos), state != .damaged else {
                 if pos < tail {
                     damaged += 1
                     pos += line
@@ -64,7 +64,7 @@ enum Recovery {
                 break
             }
             if pos >= tail { pastTail += 1 }
-            if !header.isPad {
+            if !header.isPad && state == .live {
                 records += 1
                 lastVersion = max(lastVersion, header.version)
                 let key = UnsafeRawBufferPointer(start: p + header.keyOffset, count: header.keyLength)
@@ -72,10 +72,16 @@ enum Recovery {
                 let newSlot = PartitionMemory.slotValue(tag: h.tag, pos: pos)
                 let payload = Int64(header.keyLength + header.valueLength)
                 if let existing = PartitionWriter.find(key, h, memory: m, head: head) {
+                    // Two live records for a key (a writer killed between publishing and marking
+                    // the old one dead): keep the newer, mark the other dead.
                     if header.version >= existing.version {
                         cxltier_store_release(existing.slot, newSlot)
                         if !existing.tombstone { items -= 1; bytes -= Int64(existing.payload) }
                         if !header.isTombstone { items += 1; bytes += payload }
+                        let old = m.log + m.phys(existing.pos)
+                        old.setU32(0, ~old.u32(0))
+                    } else {
+                        p.setU32(0, ~p.u32(0))
                     }
                 } else {
                     let slot = PartitionWriter.freeSlot(h, memory: m, head: head) { evicted in
@@ -95,16 +101,16 @@ enum Recovery {
             end = pos
         }
         let newTail = max(end, min(tail, head + logSize))
-        m.flush.writeBack(m.index, count: g.bucketCount * PoolFormat.line)
+        m.writeBack(m.index, count: g.bucketCount * PoolFormat.line)
         cxltier_store_relaxed(m.header(H.statItems), UInt64(max(0, items)))
         cxltier_store_relaxed(m.header(H.statBytes), UInt64(max(0, bytes)))
         cxltier_store_relaxed(m.header(H.statIndexEvictions), m.loadHeader(H.statIndexEvictions) &+ evictions)
         cxltier_store_relaxed(m.header(H.lastVersion), lastVersion)
         cxltier_store_relaxed(m.header(H.head), UInt64(head))
-        m.flush.storeFence()
+        m.storeFence()
         cxltier_store_release(m.header(H.tail), UInt64(newTail))
-        m.flush.writeBack(m.base + 64, count: 256 - 64)
-        m.flush.storeFence()
+        m.writeBack(m.base + 64, count: 256 - 64)
+        m.storeFence()
         return RecoveryReport(head: head, tail: newTail, lastVersion: lastVersion, records: records, recordsPastTail: pastTail,
                               damagedLines: damaged, resetLog: resetLog, wasClean: wasClean)
     }

@@ -93,7 +93,7 @@ public final class PartitionWriter: @unchecked Sendable {
             closed = true
             cxltier_store_release(memory.header(H.cleanShutdown), 1)
             cxltier_store_release(memory.header(H.writerPID), 0)
-            memory.flush.writeBack(memory.base + 64, count: 64)
+            memory.writeBack(memory.base + 64, count: 64)
         }
     }
 
@@ -119,8 +119,8 @@ public final class PartitionWriter: @unchecked Sendable {
         }
         _ = cxltier_fetch_add(memory.header(H.epoch), 1)
         cxltier_store_release(memory.header(H.cleanShutdown), 0)
-        memory.flush.writeBack(memory.base + 64, count: 64)
-        memory.flush.storeFence()
+        memory.writeBack(memory.base + 64, count: 64)
+        memory.storeFence()
     }
 
     // MARK: - Writing
@@ -175,28 +175,32 @@ public final class PartitionWriter: @unchecked Sendable {
             at += value.count
             if size > at { (dst + at).initializeMemory(as: UInt8.self, repeating: 0, count: size - at) }
             dst.setU32(0, RecordHeader.checksum(dst, length: length, pos: pos))
-            memory.flush.writeBack(dst, count: size)
-            memory.flush.storeFence()
+            memory.writeBack(dst, count: size)
+            memory.storeFence()
 
             // Publish in the index.
             let newSlot = PartitionMemory.slotValue(tag: h.tag, pos: pos)
             if let existing {
                 cxltier_store_release(existing.slot, newSlot)
-                memory.flush.writeBack(existing.slot, count: 8)
+                memory.writeBack(existing.slot, count: 8)
                 if !existing.tombstone { bump(H.statItems, -1); bump(H.statBytes, -Int64(existing.payload)) }
+                // Mark the replaced record dead (invert its crc) so no rebuild resurrects it.
+                let old = memory.log + memory.phys(existing.pos)
+                old.setU32(0, ~old.u32(0))
+                memory.writeBack(old, count: 4)
             } else {
                 let slot = freeSlot(h)
                 cxltier_store_release(slot, newSlot)
-                memory.flush.writeBack(slot, count: 8)
+                memory.writeBack(slot, count: 8)
             }
             if !tombstone { bump(H.statItems, 1); bump(H.statBytes, Int64(key.count + value.count)) }
             bump(tombstone ? H.statDeletes : H.statPuts, 1)
             lastVersion = max(lastVersion, newVersion)
             cxltier_store_relaxed(memory.header(H.lastVersion), lastVersion)
             tail = pos + size
-            memory.flush.storeFence()
+            memory.storeFence()
             cxltier_store_release(memory.header(H.tail), UInt64(tail))
-            memory.flush.writeBack(memory.base + H.head, count: 64)
+            memory.writeBack(memory.base + H.head, count: 64)
             return .stored(version: newVersion)
         }
     }
@@ -214,8 +218,8 @@ public final class PartitionWriter: @unchecked Sendable {
             dst.setU32(4, UInt32(pad / PoolFormat.line) << 8)
             dst.setU64(8, UInt64(PoolFormat.Item.Kind.pad.rawValue | PoolFormat.Item.Kind.marker) << 56)
             dst.setU32(0, RecordHeader.checksum(dst, length: PoolFormat.Item.headerSize, pos: pos))
-            memory.flush.writeBack(dst, count: PoolFormat.Item.headerSize)
-            memory.flush.storeFence()
+            memory.writeBack(dst, count: PoolFormat.Item.headerSize)
+            memory.storeFence()
             pos += pad
             tail = pos
             cxltier_store_release(memory.header(H.tail), UInt64(tail))
@@ -229,9 +233,9 @@ public final class PartitionWriter: @unchecked Sendable {
         let logSize = memory.geometry.logSize
         guard end - head > logSize else { return }
         while end - head > logSize { reclaimOldest() }
-        memory.flush.storeFence()
+        memory.storeFence()
         cxltier_store_release(memory.header(H.head), UInt64(head))
-        memory.flush.writeBack(memory.base + H.head, count: 8)
+        memory.writeBack(memory.base + H.head, count: 8)
     }
 
     private func reclaimOldest() {
@@ -240,20 +244,21 @@ public final class PartitionWriter: @unchecked Sendable {
         let p = memory.log + phys
         guard phys + PoolFormat.Item.headerSize <= logSize,
               let header = RecordHeader(at: p, phys: phys, logSize: logSize),
-              header.checksumMatches(p, pos: head) else {
+              header.checksumState(p, pos: head) != .damaged else {
             // Damaged or never written: skip one line; slots pointing here fail validation anyway.
             head += PoolFormat.line
             return
         }
-        if !header.isPad {
+        if !header.isPad && header.checksumMatches(p, pos: head) {
             let key = UnsafeRawBufferPointer(start: p + header.keyOffset, count: header.keyLength)
             let h = KeyHash(key, buckets: memory.geometry.bucketCount)
             let target = PartitionMemory.slotValue(tag: h.tag, pos: head)
-            outer: for bucket in [h.bucket1, h.bucket2] {
+            outer: for choice in 0..<2 {
+            let bucket = choice == 0 ? h.bucket1 : h.bucket2
                 for i in 0..<PoolFormat.slotsPerBucket where cxltier_load_relaxed(memory.slot(bucket, i)) == target {
                     // Clear before the space is reused: readers re-check the slot after copying.
                     cxltier_store_release(memory.slot(bucket, i), 0)
-                    memory.flush.writeBack(memory.slot(bucket, i), count: 8)
+                    memory.writeBack(memory.slot(bucket, i), count: 8)
                     if !header.isTombstone {
                         bump(H.statItems, -1)
                         bump(H.statBytes, -Int64(header.keyLength + header.valueLength))
@@ -272,6 +277,7 @@ public final class PartitionWriter: @unchecked Sendable {
         var version: UInt64
         var tombstone: Bool
         var payload: Int
+        var pos: Int
     }
 
     /// The slot holding `key` (validated like a reader would), if any.
@@ -281,7 +287,8 @@ public final class PartitionWriter: @unchecked Sendable {
 
     static func find(_ key: UnsafeRawBufferPointer, _ h: KeyHash, memory: PartitionMemory, head: Int) -> Existing? {
         let logSize = memory.geometry.logSize
-        for bucket in [h.bucket1, h.bucket2] {
+        for choice in 0..<2 {
+            let bucket = choice == 0 ? h.bucket1 : h.bucket2
             for i in 0..<PoolFormat.slotsPerBucket {
                 let slot = memory.slot(bucket, i)
                 let s = cxltier_load_relaxed(slot)
@@ -295,7 +302,7 @@ public final class PartitionWriter: @unchecked Sendable {
                       header.keyLength == key.count, memcmp(p + header.keyOffset, key.baseAddress!, key.count) == 0,
                       header.checksumMatches(p, pos: pos) else { continue }
                 return Existing(slot: slot, version: header.version, tombstone: header.isTombstone,
-                                payload: header.keyLength + header.valueLength)
+                                payload: header.keyLength + header.valueLength, pos: pos)
             }
         }
         return nil
@@ -315,7 +322,8 @@ public final class PartitionWriter: @unchecked Sendable {
         var oldestPos = Int.max
         var best: UnsafeMutablePointer<UInt64>?
         var bestFree = -1
-        for bucket in [h.bucket1, h.bucket2] {
+        for choice in 0..<2 {
+            let bucket = choice == 0 ? h.bucket1 : h.bucket2
             var free = 0
             var firstFree: UnsafeMutablePointer<UInt64>?
             for i in 0..<PoolFormat.slotsPerBucket {

@@ -1,5 +1,6 @@
 import Foundation
 import PropertyBased
+import Synchronization
 import Testing
 @testable import CXLTier
 
@@ -23,7 +24,8 @@ func modelValue(key: Int, length: Int, salt: Int) -> [UInt8] {
 /// Runs `ops` against a writer (reopened now and then) and a Dictionary model. With `exact`,
 /// the pool is large enough that nothing is reclaimed and every get must equal the model;
 /// otherwise a hit must equal the model and a miss is allowed only if something was reclaimed.
-func runModel(_ ops: [Op], poolSize: Int, exact: Bool) throws {
+@discardableResult
+func runModel(_ ops: [Op], poolSize: Int, exact: Bool) throws -> PartitionStats {
     let tmp = TempPool()
     let clock = TestClock()
     let pool = try tmp.create(size: poolSize)
@@ -103,6 +105,7 @@ func runModel(_ ops: [Op], poolSize: Int, exact: Bool) throws {
         #expect(check.isClean, "\(check.damage)")
         #expect(check.partitions[0].liveItems == (0...23).filter { live($0) != nil }.count)
     }
+    return writer.stats()
 }
 
 @Suite("Model")
@@ -117,8 +120,13 @@ struct ModelTests {
     @Test("with reclaim in a small pool, a hit is always the model's value")
     func reclaimModel() async {
         let longOps = zip(Gen.int(in: 0...11), Gen.int(in: 0...23), Gen.int(in: 0...2000), Gen.int(in: 0...40)).array(of: 200...600)
+        let reclaimed = Atomic<UInt64>(0)
         await propertyCheck(count: 25, input: longOps) { ops in
-            #expect(throws: Never.self) { try runModel(ops, poolSize: 96 << 10, exact: false) }
+            #expect(throws: Never.self) {
+                let stats = try runModel(ops, poolSize: 96 << 10, exact: false)
+                reclaimed.add(stats.reclaimed + stats.indexEvictions, ordering: .relaxed)
+            }
         }
+        #expect(reclaimed.load(ordering: .relaxed) > 0, "the small pool must force reclaim")
     }
 }
