@@ -73,6 +73,9 @@ public final class PartitionReader: @unchecked Sendable {
 
     private func lookupOnce(_ key: UnsafeRawBufferPointer, _ h: KeyHash) -> Lookup {
         let m = memory
+        // Both candidate buckets' misses overlap instead of following each other (on coherent
+        // memory; a non-coherent policy invalidates each line right before reading it).
+        if m.coherent { cxltier_prefetch(m.bucketAddress(h.bucket2)) }
         for choice in 0..<2 {
             let bucket = choice == 0 ? h.bucket1 : h.bucket2
             m.invalidate(m.bucketAddress(bucket), count: PoolFormat.line)

@@ -149,9 +149,12 @@ public final class PartitionWriter: @unchecked Sendable {
             throw CXLTierError.invalidItem("version \(version) outside 1...\(PoolFormat.Item.maxVersion)")
         }
 
+        let h = key.withUnsafeBytes { KeyHash($0, buckets: memory.geometry.bucketCount) }
+        // Start both bucket misses now; reserving log space overlaps them.
+        cxltier_prefetch(memory.bucketAddress(h.bucket1))
+        cxltier_prefetch(memory.bucketAddress(h.bucket2))
         let pos = try reserve(size)
         return key.withUnsafeBytes { keyBytes in
-            let h = KeyHash(keyBytes, buckets: memory.geometry.bucketCount)
             let existing = find(keyBytes, h)
             let newVersion: UInt64
             if let version {
@@ -287,6 +290,7 @@ public final class PartitionWriter: @unchecked Sendable {
 
     static func find(_ key: UnsafeRawBufferPointer, _ h: KeyHash, memory: PartitionMemory, head: Int) -> Existing? {
         let logSize = memory.geometry.logSize
+        cxltier_prefetch(memory.bucketAddress(h.bucket2))
         for choice in 0..<2 {
             let bucket = choice == 0 ? h.bucket1 : h.bucket2
             for i in 0..<PoolFormat.slotsPerBucket {

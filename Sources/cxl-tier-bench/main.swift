@@ -16,7 +16,7 @@ struct Options {
     var items = 10_000_000
     var valueSize = 64
     var samples = 1_000_000
-    var bytesPerSlot = 120
+    var bytesPerSlot = PoolFormat.defaultBytesPerSlot
     var dir = "/dev/shm"
     var readerPool: String?
 
@@ -192,14 +192,17 @@ let (dictHot, _) = timeEach(hotIndexes) { hotDict[keys[$0]]?.count == options.va
 
 // What one dependent random load costs on this machine, over as much memory as the log:
 // a cold get needs at least three (the key, the bucket, the record).
-let chaseCount = min(poolSize, 1 << 30) / 8
-var chase = [Int](0..<chaseCount)
+// One word per cache line, visited in a random single cycle (Sattolo's shuffle of the lines).
+let chaseLines = min(poolSize, 1 << 30) / 64
+var order = [Int](0..<chaseLines)
 var shuffleState: UInt64 = 88172645463325252
-for i in stride(from: chaseCount - 1, to: 0, by: -1) {
+for i in stride(from: chaseLines - 1, to: 0, by: -1) {
     shuffleState ^= shuffleState << 13; shuffleState ^= shuffleState >> 7; shuffleState ^= shuffleState << 17
-    chase.swapAt(i, Int(shuffleState % UInt64(i)))
+    order.swapAt(i, Int(shuffleState % UInt64(i)))
 }
-// Sattolo's shuffle gives one cycle; a plain shuffle is close enough for a latency figure.
+var chase = [Int](repeating: 0, count: chaseLines * 8)
+for k in 0..<chaseLines { chase[order[k] * 8] = order[(k + 1) % chaseLines] * 8 }
+order = []
 var cursor = 0
 t0 = nanos()
 for _ in 0..<2_000_000 { cursor = chase[cursor] }

@@ -33,6 +33,8 @@ static inline uint64_t cxltier_fetch_add(uint64_t *p, uint64_t v) { return __ato
 static inline int cxltier_compare_exchange(uint64_t *p, uint64_t *expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
+/* Starts loading the line holding `p` (for reading) without waiting for it. */
+static inline void cxltier_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
 static inline void cxltier_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 static inline void cxltier_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 static inline void cxltier_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
