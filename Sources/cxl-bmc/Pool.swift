@@ -87,8 +87,10 @@ struct PoolCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Validate every header, record and index slot of a pool; optionally repair.",
             discussion: """
-                Prints each piece of damage with its pool offset. Exit status: 0 clean; 1 damage \
-                found (with --repair: and repaired, the pool now checks clean); 2 damage remains. \
+                Prints each piece of damage with its pool offset. Exit status: 0 clean; 1 the \
+                check could not run (e.g. no such file, or --repair on a partition with a live \
+                writer); 2 damage found (and, with --repair, not all of it repaired); 3 damage \
+                found and repaired (the pool now checks clean). \
                 --repair rewrites a damaged pool or partition header from its copies, turns \
                 damaged log bytes into padding and rebuilds the indexes; it refuses partitions \
                 that have a live writer.
@@ -116,7 +118,7 @@ struct PoolCommand: ParsableCommand {
                 let after = try PoolCheck.repair(region)
                 for d in after.damage { print("still damaged: \(d)") }
                 if after.isClean {
-                    status = 1
+                    status = 3
                     print("\(path): repaired (\(after.partitions.reduce(0) { $0 + $1.liveItems }) live items)")
                 }
             }
