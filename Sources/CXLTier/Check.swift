@@ -93,6 +93,8 @@ public enum PoolCheck {
                let g = try? PartitionGeometry.layout(id: Int(p.u32(H.partitionID)), ownerNode: Int(p.u32(H.ownerNode)), offset: offset,
                                                      size: Int(p.u64(H.partitionSize)), bytesPerSlot: max(64, Int(p.u16(H.bytesPerSlot)))),
                g.bucketCount == Int(p.u32(H.bucketCount)), g.logOffset == Int(p.u64(H.logOffset)) {
+                var g = g
+                g.nonce = p.u64(H.nonce)
                 found.append(g)
                 offset += max(PoolFormat.pageSize, g.size / PoolFormat.pageSize * PoolFormat.pageSize)
             } else {
@@ -111,6 +113,9 @@ public enum PoolCheck {
         let head = Int(truncatingIfNeeded: m.loadHeader(H.head))
         let tail = Int(truncatingIfNeeded: m.loadHeader(H.tail))
         var valid = 0, damagedBytes = 0, failures = 0
+        if m.loadHeader(H.nonce) != g.nonce {
+            report(g.offset + H.nonce, "the partition's copy of the pool nonce differs from the pool header's")
+        }
         var windowOK = true
         if head < 0 || tail < head || tail - head > logSize || head % line != 0 || tail % line != 0 {
             report(g.offset + H.head, "log head \(head) / tail \(tail) out of range (log of \(logSize) bytes)")
@@ -132,9 +137,9 @@ public enum PoolCheck {
                 let phys = m.phys(pos)
                 let p = m.log + phys
                 if phys + PoolFormat.Item.headerSize <= logSize, let h = RecordHeader(at: p, phys: phys, logSize: logSize),
-                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumState(p, pos: pos) != .damaged {
+                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumState(p, pos: pos, nonce: m.geometry.nonce) != .damaged {
                     closeRun(at: pos)
-                    if !h.isPad && h.checksumMatches(p, pos: pos) { valid += 1 }
+                    if !h.isPad && h.checksumMatches(p, pos: pos, nonce: m.geometry.nonce) { valid += 1 }
                     pos += h.size
                 } else {
                     if runStart == nil { runStart = pos }
@@ -160,7 +165,7 @@ public enum PoolCheck {
                 let phys = m.phys(pos)
                 let p = m.log + phys
                 guard phys + PoolFormat.Item.headerSize <= logSize, let h = RecordHeader(at: p, phys: phys, logSize: logSize), !h.isPad,
-                      h.checksumMatches(p, pos: pos) else {
+                      h.checksumMatches(p, pos: pos, nonce: m.geometry.nonce) else {
                     report(where_, "index bucket \(bucket) slot \(i) points at log position \(pos), which holds no valid item")
                     continue
                 }
@@ -200,6 +205,7 @@ public enum PoolCheck {
         }
         for g in pool.partitions {
             let m = PartitionMemory(region: region, geometry: g, flush: CoherentFlush(), clock: { 0 })
+            m.base.setU64(H.nonce, g.nonce)
             padDamagedRuns(m)
             let writer = try PartitionWriter(memory: m)
             writer.close()
@@ -225,6 +231,7 @@ public enum PoolCheck {
                                                      size: Int(e.u64(TE.size)), bytesPerSlot: bytesPerSlot)
                 guard g.offset + g.size <= region.size else { throw CXLTierError.corrupt("partition table entry \(i) out of range") }
                 Pool.writePartitionHeader(base + g.offset, g, poolSize: region.size, partitionCount: count, bytesPerSlot: bytesPerSlot)
+                (base + g.offset).setU64(H.nonce, base.u64(PH.nonce))
             }
             return
         }
@@ -244,6 +251,7 @@ public enum PoolCheck {
         base.setU32(PH.tableOffset, 64)
         base.setU32(PH.tableEntrySize, 64)
         base.setU32(PH.bytesPerSlot, UInt32(slotBytes))
+        base.setU64(PH.nonce, first.nonce)
         for g in found {
             let e = base + 64 + 64 * g.id
             e.setU32(TE.partitionID, UInt32(g.id))
@@ -274,7 +282,7 @@ public enum PoolCheck {
                 p.initializeMemory(as: UInt8.self, repeating: 0, count: PoolFormat.Item.headerSize)
                 p.setU32(4, UInt32(lines) << 8)
                 p.setU64(8, UInt64(PoolFormat.Item.Kind.pad.rawValue | PoolFormat.Item.Kind.marker) << 56)
-                p.setU32(0, RecordHeader.checksum(p, length: PoolFormat.Item.headerSize, pos: start))
+                p.setU32(0, RecordHeader.checksum(p, length: PoolFormat.Item.headerSize, pos: start, nonce: m.geometry.nonce))
                 start += lines * line
             }
         }
@@ -282,7 +290,7 @@ public enum PoolCheck {
             let phys = m.phys(pos)
             let p = m.log + phys
             if phys + PoolFormat.Item.headerSize <= g.logSize, let h = RecordHeader(at: p, phys: phys, logSize: g.logSize),
-               pos + h.size <= tail || h.isPad, h.checksumState(p, pos: pos) != .damaged {
+               pos + h.size <= tail || h.isPad, h.checksumState(p, pos: pos, nonce: m.geometry.nonce) != .damaged {
                 pad(until: pos)
                 pos += h.size
             } else {

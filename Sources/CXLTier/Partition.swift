@@ -50,6 +50,8 @@ public struct PartitionGeometry: Sendable, Equatable {
     /// Partition offset of the log and its bytes (a multiple of 64).
     public var logOffset: Int
     public var logSize: Int
+    /// The pool's random nonce, mixed into every record's crc.
+    public var nonce: UInt64 = 0
 
     public var indexOffset: Int { PoolFormat.pageSize }
     /// Largest record the log accepts (a quarter of the log, so reclaim always makes room).
@@ -145,23 +147,25 @@ struct RecordHeader {
         guard phys + size <= logSize else { return nil }
     }
 
-    /// crc32c of a record of `length` bytes at `p` written at log position `pos`.
-    @inline(__always) static func checksum(_ p: UnsafeRawPointer, length: Int, pos: Int) -> UInt32 {
-        var seed = UInt64(pos).littleEndian
-        let c = withUnsafeBytes(of: &seed) { cxltier_crc32c(0xFFFF_FFFF, $0.baseAddress, 8) }
+    /// crc32c of a record of `length` bytes at `p` written at log position `pos` in a pool
+    /// whose nonce is `nonce` (so a record left by an earlier pool in the same memory never
+    /// validates either).
+    @inline(__always) static func checksum(_ p: UnsafeRawPointer, length: Int, pos: Int, nonce: UInt64) -> UInt32 {
+        var seed = (UInt64(pos).littleEndian, nonce.littleEndian)
+        let c = withUnsafeBytes(of: &seed) { cxltier_crc32c(0xFFFF_FFFF, $0.baseAddress, 16) }
         return cxltier_crc32c(c, p + 4, length - 4)
     }
 
-    @inline(__always) func checksumMatches(_ p: UnsafeRawPointer, pos: Int) -> Bool {
-        UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == Self.checksum(p, length: length, pos: pos)
+    @inline(__always) func checksumMatches(_ p: UnsafeRawPointer, pos: Int, nonce: UInt64) -> Bool {
+        UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == Self.checksum(p, length: length, pos: pos, nonce: nonce)
     }
 
     /// A live record's crc, or a superseded ("dead") one's: the writer inverts the crc of the
     /// record a put replaces, so a rebuild never brings an overwritten or deleted value back
     /// even if the newer record is later damaged. Either way the bytes are a whole record.
-    @inline(__always) func checksumState(_ p: UnsafeRawPointer, pos: Int) -> RecordState {
+    @inline(__always) func checksumState(_ p: UnsafeRawPointer, pos: Int, nonce: UInt64) -> RecordState {
         let stored = UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))
-        let computed = Self.checksum(p, length: length, pos: pos)
+        let computed = Self.checksum(p, length: length, pos: pos, nonce: nonce)
         return stored == computed ? .live : stored == ~computed ? .dead : .damaged
     }
 

@@ -64,6 +64,7 @@ public final class Pool: @unchecked Sendable {
         let base = region.base
         base.initializeMemory(as: UInt8.self, repeating: 0, count: PoolFormat.pageSize)
         let now = UInt64(time(nil))
+        let nonce = UInt64.random(in: 1...UInt64.max)
         base.setU64(PH.magic, PoolFormat.poolMagic)
         base.setU32(PH.formatVersion, PoolFormat.version)
         base.setU32(PH.headerSize, UInt32(PoolFormat.pageSize))
@@ -73,6 +74,7 @@ public final class Pool: @unchecked Sendable {
         base.setU64(PH.createdAt, now)
         base.setU32(PH.tableEntrySize, 64)
         base.setU32(PH.bytesPerSlot, UInt32(bytesPerSlot))
+        base.setU64(PH.nonce, nonce)
         for g in geometries {
             let e = base + 64 + 64 * g.id
             e.setU32(TE.partitionID, UInt32(g.id))
@@ -83,6 +85,7 @@ public final class Pool: @unchecked Sendable {
             let p = base + g.offset
             p.initializeMemory(as: UInt8.self, repeating: 0, count: g.logOffset)
             writePartitionHeader(p, g, poolSize: region.size, partitionCount: geometries.count, bytesPerSlot: bytesPerSlot)
+            p.setU64(H.nonce, nonce)
             flush.writeBack(p, count: g.logOffset)
         }
         base.setU32(PH.checksum, poolChecksum(base, count: geometries.count))
@@ -148,8 +151,9 @@ public final class Pool: @unchecked Sendable {
                   size <= UInt64(region.size), offset <= UInt64(region.size) - size else {
                 throw CXLTierError.corrupt("partition table entry \(i) at offset \(64 + 64 * i): out of range")
             }
-            let g = try Self.validatePartition(base, index: i, offset: Int(offset), size: Int(size), ownerNode: Int(e.u32(TE.ownerNode)),
+            var g = try Self.validatePartition(base, index: i, offset: Int(offset), size: Int(size), ownerNode: Int(e.u32(TE.ownerNode)),
                                                poolSize: region.size, count: count, bytesPerSlot: bytesPerSlot, flush: flush)
+            g.nonce = base.u64(PH.nonce)
             geometries.append(g)
         }
         partitions = geometries

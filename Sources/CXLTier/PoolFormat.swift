@@ -47,6 +47,8 @@ public enum PoolFormat {
         public static let tableEntrySize = 40
         /// u32: log bytes provisioned per index slot (sets the index size).
         public static let bytesPerSlot = 44
+        /// u64: random at creation, mixed into every record's crc.
+        public static let nonce = 48
         /// u32: crc32c of bytes 0..<60 and of the table entries.
         public static let checksum = 60
     }
@@ -100,6 +102,8 @@ public enum PoolFormat {
         public static let writerPID = 72
         /// u64: 1 when the last writer detached cleanly.
         public static let cleanShutdown = 80
+        /// u64: copy of the pool nonce (so a partition is self-describing).
+        public static let nonce = 88
 
         /// u64: log position (monotonic byte count) of the oldest record.
         public static let head = 128
@@ -128,7 +132,7 @@ public enum PoolFormat {
     /// An item (or tombstone, or pad) in the log, cache-line aligned, never wrapping the log end.
     ///
     /// ```
-    /// 0  u32 crc32c   over [log position as u64] ++ bytes 4..<16+opt+key+value
+    /// 0  u32 crc32c   over [log position u64, pool nonce u64] ++ bytes 4..<16+opt+key+value
     /// 4  u32 lengths  key length (bits 0-7) | value length (bits 8-31); a pad: lines in bits 8-31
     /// 8  u64 meta     version (bits 0-55) | kind (bits 56-63)
     /// 16 [u32 client flags]  present when kind has hasFlags

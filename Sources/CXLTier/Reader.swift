@@ -50,6 +50,15 @@ public final class PartitionReader: @unchecked Sendable {
         return nil
     }
 
+    /// Starts loading `key`'s two index buckets without waiting: call it a few keys ahead of the
+    /// gets of a batch (a multi-get) so their memory misses overlap.
+    public func prefetch(_ key: [UInt8]) {
+        guard !key.isEmpty, key.count <= PoolFormat.Item.maxKeyLength, memory.coherent else { return }
+        let h = key.withUnsafeBytes { KeyHash($0, buckets: memory.geometry.bucketCount) }
+        cxltier_prefetch(memory.bucketAddress(h.bucket1))
+        cxltier_prefetch(memory.bucketAddress(h.bucket2))
+    }
+
     /// Where `key`'s current record is, for PGAS reads by other nodes.
     public func locate(_ key: [UInt8]) -> GlobalPointer? {
         guard case let .hit(_, pos) = key.withUnsafeBytes({ lookup($0) }) else { return nil }
@@ -116,7 +125,7 @@ public final class PartitionReader: @unchecked Sendable {
             // The copy's own header must be the one the lengths came from.
             guard copy.loadUnaligned(fromByteOffset: 4, as: UInt32.self) == UInt32(truncatingIfNeeded: head.0 >> 32),
                   copy.loadUnaligned(fromByteOffset: 8, as: UInt64.self) == head.1 else { return .miss }
-            guard header.checksumMatches(copy, pos: pos) else {
+            guard header.checksumMatches(copy, pos: pos, nonce: m.geometry.nonce) else {
                 checksumFailureCount.add(1, ordering: .relaxed)
                 return .miss
             }

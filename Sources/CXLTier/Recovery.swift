@@ -55,7 +55,7 @@ enum Recovery {
             guard phys + PoolFormat.Item.headerSize <= logSize,
                   let header = RecordHeader(at: p, phys: phys, logSize: logSize),
                   pos + header.size - head <= logSize,
-                  case let state = header.checksumState(p, pos: pos), state != .damaged else {
+                  case let state = header.checksumState(p, pos: pos, nonce: m.geometry.nonce), state != .damaged else {
                 if pos < tail {
                     damaged += 1
                     pos += line

@@ -58,6 +58,10 @@ public final class PartitionWriter: @unchecked Sendable {
         try lock.withLock { _ in try write(key: key, value: value, flags: flags, exptime: exptime, version: version, tombstone: false) }
     }
 
+    /// Starts loading `key`'s index buckets: call it a few puts ahead in a batch (the daemon's
+    /// write-through queue) so the puts' memory misses overlap.
+    public func prefetch(_ key: [UInt8]) { reader.prefetch(key) }
+
     /// Deletes `key` by writing a tombstone (so an older put cannot bring it back).
     public func delete(_ key: [UInt8], version: UInt64? = nil) throws -> WriteResult {
         try lock.withLock { _ in try write(key: key, value: [], flags: 0, exptime: 0, version: version, tombstone: true) }
@@ -78,7 +82,7 @@ public final class PartitionWriter: @unchecked Sendable {
         switch key.withUnsafeBytes({ reader.lookup($0) }) {
         case let .hit(item, _): return item
         case .expired:
-            bump(H.statExpired, 1)
+            lock.withLock { _ in bump(H.statExpired, 1) }
             return nil
         default: return nil
         }
@@ -177,7 +181,7 @@ public final class PartitionWriter: @unchecked Sendable {
             value.withUnsafeBytes { if $0.count > 0 { (dst + at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
             at += value.count
             if size > at { (dst + at).initializeMemory(as: UInt8.self, repeating: 0, count: size - at) }
-            dst.setU32(0, RecordHeader.checksum(dst, length: length, pos: pos))
+            dst.setU32(0, RecordHeader.checksum(dst, length: length, pos: pos, nonce: memory.geometry.nonce))
             memory.writeBack(dst, count: size)
             memory.storeFence()
 
@@ -220,7 +224,7 @@ public final class PartitionWriter: @unchecked Sendable {
             let dst = memory.log + phys
             dst.setU32(4, UInt32(pad / PoolFormat.line) << 8)
             dst.setU64(8, UInt64(PoolFormat.Item.Kind.pad.rawValue | PoolFormat.Item.Kind.marker) << 56)
-            dst.setU32(0, RecordHeader.checksum(dst, length: PoolFormat.Item.headerSize, pos: pos))
+            dst.setU32(0, RecordHeader.checksum(dst, length: PoolFormat.Item.headerSize, pos: pos, nonce: memory.geometry.nonce))
             memory.writeBack(dst, count: PoolFormat.Item.headerSize)
             memory.storeFence()
             pos += pad
@@ -247,12 +251,12 @@ public final class PartitionWriter: @unchecked Sendable {
         let p = memory.log + phys
         guard phys + PoolFormat.Item.headerSize <= logSize,
               let header = RecordHeader(at: p, phys: phys, logSize: logSize),
-              header.checksumState(p, pos: head) != .damaged else {
+              header.checksumState(p, pos: head, nonce: memory.geometry.nonce) != .damaged else {
             // Damaged or never written: skip one line; slots pointing here fail validation anyway.
             head += PoolFormat.line
             return
         }
-        if !header.isPad && header.checksumMatches(p, pos: head) {
+        if !header.isPad && header.checksumMatches(p, pos: head, nonce: memory.geometry.nonce) {
             let key = UnsafeRawBufferPointer(start: p + header.keyOffset, count: header.keyLength)
             let h = KeyHash(key, buckets: memory.geometry.bucketCount)
             let target = PartitionMemory.slotValue(tag: h.tag, pos: head)
@@ -304,7 +308,7 @@ public final class PartitionWriter: @unchecked Sendable {
                 let p = memory.log + phys
                 guard let header = RecordHeader(at: p, phys: phys, logSize: logSize), !header.isPad,
                       header.keyLength == key.count, memcmp(p + header.keyOffset, key.baseAddress!, key.count) == 0,
-                      header.checksumMatches(p, pos: pos) else { continue }
+                      header.checksumMatches(p, pos: pos, nonce: memory.geometry.nonce) else { continue }
                 return Existing(slot: slot, version: header.version, tombstone: header.isTombstone,
                                 payload: header.keyLength + header.valueLength, pos: pos)
             }

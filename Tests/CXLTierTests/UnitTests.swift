@@ -124,6 +124,22 @@ struct BasicsTests {
         #expect(message.contains("newer than this build supports"))
     }
 
+    @Test("records left in the memory by an earlier pool never come back in a new one")
+    func reusedMemory() throws {
+        let region = try AnonymousRegion(size: 1 << 20)
+        let first = try Pool.create(in: region)
+        let w = try first.writer(partition: 0)
+        for i in 0..<20 { _ = try w.put(bytes("old\(i)"), bytes("value\(i)")) }
+        w.close()
+        // Same geometry, same positions: only the new pool's nonce tells the old records apart.
+        let second = try Pool.create(in: region)
+        #expect(second.partitions[0].nonce != first.partitions[0].nonce)
+        let w2 = try second.writer(partition: 0)
+        #expect(w2.lastRecovery.records == 0)
+        #expect(w2.get(bytes("old0")) == nil)
+        #expect(PoolCheck.check(region).isClean)
+    }
+
     @Test("one writer per partition: a second writer is refused while the first holds the lease")
     func lease() throws {
         let tmp = TempPool()
