@@ -118,7 +118,8 @@ func loadAverage() -> String {
     defer { fclose(f) }
     var buffer = [CChar](repeating: 0, count: 128)
     guard fgets(&buffer, 128, f) != nil else { return "?" }
-    return String(cString: buffer).split(separator: " ").prefix(3).joined(separator: " ")
+    let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self).split(separator: " ").prefix(3).joined(separator: " ")
 }
 let loadBefore = loadAverage()
 
