@@ -195,7 +195,6 @@ public enum PoolCheck {
     /// index (as a writer would on attach; refused while a live writer holds a partition).
     /// Returns the check of the repaired pool.
     public static func repair(_ region: any Region) throws -> CheckReport {
-        let base = region.base
         let pool: Pool
         if let opened = try? Pool(region: region) {
             pool = opened
@@ -210,7 +209,6 @@ public enum PoolCheck {
             let writer = try PartitionWriter(memory: m)
             writer.close()
         }
-        _ = base
         return check(region)
     }
 

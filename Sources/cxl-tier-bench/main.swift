@@ -328,7 +328,7 @@ Latencies are per call and include the timer (clock_gettime pair: p50 \(ns(timer
 index \(g.bucketCount) buckets × 8 slots = \(Int(indexBytes) >> 20) MiB, load \(format2(stored / Double(g.bucketCount * 8) * 100)) %.
 - Log space per item: \(recordSize) B record = 16 B header + 14 B key + \(options.valueSize) B value + \(Int(padding)) B cache-line padding.
 - Dictionary bytes per entry: RSS growth while filling a Dictionary with fresh key and value arrays, divided by the entries, minus the 14 + \(options.valueSize) payload bytes (array headers, malloc rounding and the hash table count as its metadata).
-- One dependent random load over \(min(poolSize, 1 << 30) >> 20) MiB on this machine: \(ns(loadLatency)) (pointer chase, \(cursor % 2 == 0 ? "" : " ")same run). \
+- One dependent random load over \(min(poolSize, 1 << 30) >> 20) MiB on this machine: \(ns(loadLatency)) (pointer chase in the same run, ended at line \(cursor / 8)). \
 A cold get is at least three of those (the key, the bucket line, the record).
 - Load average (1, 5, 15 min) on this \(sysconf(Int32(_SC_NPROCESSORS_ONLN)))-CPU machine: \(loadBefore) at the start, \(loadAverage()) at the end; \
 anything above ~1 means other processes competed with the benchmark.
