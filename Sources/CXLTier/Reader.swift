@@ -50,6 +50,18 @@ public final class PartitionReader: @unchecked Sendable {
         return nil
     }
 
+    /// The version of `key`'s newest record and whether it is a deletion (tombstone) or an
+    /// expired item; nil when the partition holds nothing valid for the key. For version
+    /// comparisons (Peering's "nothing older than an acknowledged write").
+    public func currentVersion(_ key: [UInt8]) -> (version: UInt64, deleted: Bool)? {
+        switch key.withUnsafeBytes({ lookup($0) }) {
+        case let .hit(item, _): (item.version, false)
+        case let .expired(item, _): (item.version, true)
+        case let .deleted(version, _): (version, true)
+        case .miss, .retry: nil
+        }
+    }
+
     /// Starts loading `key`'s two index buckets without waiting: call it a few keys ahead of the
     /// gets of a batch (a multi-get) so their memory misses overlap.
     public func prefetch(_ key: [UInt8]) {

@@ -130,39 +130,73 @@ struct Verify: ParsableCommand {
         let p = try Pool(path: pool.path)
         let writer = try p.writer(partition: pool.partition)
         let text = try String(contentsOfFile: ack)
-        let result = verifyAcks(text, get: { writer.get(Array($0.utf8)) })
+        let reader = writer.partitionReader
+        let result = verifyAcks(text, get: { writer.get(Array($0.utf8)) }, version: { reader.currentVersion(Array($0.utf8)) })
         writer.close()
-        print("{\"acked_keys\":\(result.keys),\"lost\":\(result.lost),\"wrong\":\(result.wrong)}")
+        // Terminate a torn last line, then record what recovery showed was applied.
+        let lines = (text.isEmpty || text.hasSuffix("\n") ? "" : "\n") + result.adopted.map { $0 + "\n" }.joined()
+        if !lines.isEmpty {
+            let fd = open(ack, O_WRONLY | O_APPEND | O_CLOEXEC)
+            guard fd >= 0 else { throw ValidationError("cannot append to \(ack)") }
+            _ = Array(lines.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+        }
+        print("{\"acked_keys\":\(result.keys),\"lost\":\(result.lost),\"wrong\":\(result.wrong),\"adopted\":\(result.adopted.count)}")
         if result.lost > 0 || result.wrong > 0 { throw ExitCode(1) }
     }
 }
 
 /// Checks an ack log: every key's last acknowledged put is found at that version or newer with
 /// the right value, and a key whose last acknowledged operation is a delete is absent or newer.
-func verifyAcks(_ text: String, get: (String) -> TierItem?) -> (keys: Int, lost: Int, wrong: Int) {
+/// A put may also be superseded by a delete newer than every acknowledgement: the operation the
+/// writer had completed but not yet acknowledged when it was killed.
+func verifyAcks(_ text: String, get: (String) -> TierItem?,
+                version: (String) -> (version: UInt64, deleted: Bool)?) -> (keys: Int, lost: Int, wrong: Int, adopted: [String]) {
     var last: [String: (delete: Bool, version: UInt64)] = [:]
+    var maxAcked: UInt64 = 0
+    var excused = false
+    // Operations found applied but never acknowledged (the one in flight at each kill): from now
+    // on they are the state to check against, so the caller appends them to the ack log.
+    var adopted: [String] = []
     // A line without its newline was being written when the writer died: not acknowledged.
     let complete = text.hasSuffix("\n") ? Substring(text) : text[..<(text.lastIndex(of: "\n").map { text.index(after: $0) } ?? text.startIndex)]
     for line in complete.split(separator: "\n") {
         let f = line.split(separator: " ")
         guard f.count == 3, let v = UInt64(f[2]) else { continue }
         let key = String(f[1])
+        maxAcked = max(maxAcked, v)
         if let prev = last[key], prev.version > v { continue }
         last[key] = (f[0] == "D", v)
     }
     var lost = 0, wrong = 0
     for (key, op) in last {
         let item = get(key)
+        let found = item.map { "v\($0.version)" } ?? "nothing"
         if op.delete {
-            if let item, item.version <= op.version { wrong += 1 }
+            if let item, item.version <= op.version {
+                wrong += 1
+                FileHandleStderr.write("wrong: \(key) deleted at v\(op.version), found \(found)\n")
+            }
         } else if let item {
-            if item.version < op.version { lost += 1 }
-            if item.value != expectedValue(key: key, version: item.version, size: item.value.count) { wrong += 1 }
+            if item.version > op.version { adopted.append("P \(key) \(item.version)") }
+            if item.version < op.version {
+                lost += 1
+                FileHandleStderr.write("lost: \(key) put at v\(op.version), found \(found)\n")
+            }
+            if item.value != expectedValue(key: key, version: item.version, size: item.value.count) {
+                wrong += 1
+                FileHandleStderr.write("wrong: \(key) v\(item.version) has a value that is not its own\n")
+            }
+        } else if let newest = version(key), newest.deleted, newest.version > maxAcked, !excused {
+            // Only one operation can have been in flight, so this excuses one key at most.
+            excused = true
+            adopted.append("D \(key) \(newest.version)")
         } else {
             lost += 1
+            FileHandleStderr.write("lost: \(key) put at v\(op.version), found nothing\n")
         }
     }
-    return (last.count, lost, wrong)
+    return (last.count, lost, wrong, adopted)
 }
 
 struct SplitMix {
