@@ -8,7 +8,7 @@ SWIFT   ?= swift
 SCRATCH ?= .build
 SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 
-.PHONY: build test deps demo bench bench-peering clean
+.PHONY: build test deps demo bench bench-peering bench-tier clean
 
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
@@ -38,6 +38,7 @@ bench: deps
 	python3 kernel-scripts/bench_l1.py --build-dir $(SCRATCH)/release
 	python3 kernel-scripts/bench_uprobes.py --build-dir $(SCRATCH)/release --out docs/benchmarks/uprobes.md
 	$(MAKE) bench-peering SCRATCH=$(SCRATCH)
+	$(MAKE) bench-tier SCRATCH=$(SCRATCH)
 
 # Peering transport: remote get p50/p99 over loopback TCP and over a veth pair into a netns (root),
 # 100-key multi-get vs 100 single gets.
@@ -45,6 +46,12 @@ bench-peering:
 	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product peering-bench
 	mkdir -p docs/benchmarks
 	$(SCRATCH)/release/peering-bench --veth | tee docs/benchmarks/peering.md
+
+# L3 (CXLTier): 10 M items in an emulated pool against a Swift Dictionary, in the same run.
+bench-tier:
+	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product cxl-tier-bench
+	mkdir -p docs/benchmarks
+	$(SCRATCH)/release/cxl-tier-bench --items 10000000 --samples 1000000 | tee docs/benchmarks/cxltier.md
 
 clean:
 	rm -rf $(SCRATCH)

@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // The ABI shared with the BPF programs: bpf/include is both the BPF
@@ -45,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync", "Peering",
+                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync", "Peering", "CXLTier",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -123,6 +124,24 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+
+        // L3: the item store in (emulated) CXL memory. libnuma and libdaxctl for the NUMA and
+        // devdax regions; a C shim for crc32c (SSE4.2), atomics and cache-line flushes.
+        .systemLibrary(name: "CNuma", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CDaxctl", pkgConfig: "libdaxctl", providers: [.apt(["libdaxctl-dev"])]),
+        .target(name: "CCXLTierShim"),
+        .target(name: "CXLTier", dependencies: ["CCXLTierShim", "CNuma", "CDaxctl"]),
+        // Writer/reader/verifier processes for the multi-process and kill -9 tests.
+        .executableTarget(
+            name: "cxl-tier-tool",
+            dependencies: ["CXLTier", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // The CXLTier benchmark against a Swift Dictionary baseline (release build).
+        .executableTarget(name: "cxl-tier-bench", dependencies: ["CXLTier", "CCXLTierShim"]),
+        .testTarget(
+            name: "CXLTierTests",
+            dependencies: ["CXLTier", "CCXLTierShim", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
     ]
 )

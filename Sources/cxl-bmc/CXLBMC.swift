@@ -22,7 +22,7 @@ struct CXLBMC: ParsableCommand {
             Set CXL_BMC_DEBUG=1 for debug logs (and the verifier log of a rejected \
             program), CXL_BMC_DEBUG=2 for libbpf's own messages too.
             """,
-        subcommands: [Attach.self, Detach.self, Status.self, Stats.self, Events.self, Cluster.self]
+        subcommands: [Attach.self, Detach.self, Status.self, Stats.self, Events.self, Cluster.self, PoolCommand.self]
     )
 }
 

@@ -1,0 +1,2 @@
+/* libdaxctl (Debian: libdaxctl-dev). */
+#include <daxctl/libdaxctl.h>

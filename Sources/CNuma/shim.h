@@ -1,0 +1,3 @@
+/* libnuma (Debian: libnuma-dev). */
+#include <numa.h>
+#include <numaif.h>
