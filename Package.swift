@@ -70,7 +70,7 @@ let package = Package(
         ),
 
         // L3 kept in step with memcached: write-through from its events, promotion on misses.
-        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient"]),
+        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient", "CXLTier"]),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
@@ -94,7 +94,7 @@ let package = Package(
         ),
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
 
         // L3 across hosts: cluster config, placement (consistent hashing), and the

@@ -12,10 +12,25 @@ public protocol L3Store: AnyObject, Sendable {
     func touch(key: [UInt8], exptimeUnix: Int64, version: UInt64) throws
     /// The live item, nil on a miss (absent, expired, flushed, or not validated).
     func get(key: [UInt8]) throws -> L3Item?
-    /// flush_all: every item stored before `unixTime` is gone from then on (now,
-    /// if `unixTime` has passed: events arrive in order, so everything held is
-    /// older). `Int64.max`: everything, now.
-    func flush(storedBefore unixTime: Int64) throws
+    /// flush_all: from `effectiveUnix` on, every item whose version is below
+    /// `versionsBefore` is gone. Like memcached's `oldest_live`, the latest
+    /// flush replaces an earlier one still pending.
+    func flush(versionsBefore: UInt64, effectiveUnix: Int64) throws
+}
+
+/// The flush_all state a store keeps: items below `versionsBefore` are gone once `effectiveUnix` is reached.
+public struct L3FlushMark: Sendable, Equatable {
+    public var versionsBefore: UInt64 = 0
+    public var effectiveUnix: Int64 = 0
+
+    public init(versionsBefore: UInt64 = 0, effectiveUnix: Int64 = 0) {
+        self.versionsBefore = versionsBefore
+        self.effectiveUnix = effectiveUnix
+    }
+
+    public func hides(_ item: L3Item, now: Int64) -> Bool {
+        versionsBefore != 0 && now >= effectiveUnix && item.version < versionsBefore
+    }
 }
 
 /// One item as L3 keeps it.
@@ -25,7 +40,7 @@ public struct L3Item: Sendable, Equatable {
     /// Absolute unix seconds; 0 = never.
     public var exptimeUnix: Int64
     /// Orders writes to one key, and says when the write happened: wall-clock
-    /// nanoseconds of memcached's event (so versions survive daemon restarts,
+    /// microseconds of memcached's event (so versions survive daemon restarts,
     /// and "stored before T" for flush_all is `version < T`).
     public var version: UInt64
 
@@ -44,7 +59,7 @@ public final class InMemoryL3Store: L3Store {
     private struct State {
         var items: [[UInt8]: L3Item] = [:]
         var deleted: [[UInt8]: UInt64] = [:]
-        var flushBefore: Int64 = 0
+        var flush = L3FlushMark()
     }
     private let state = Mutex(State())
     private let clock: @Sendable () -> Int64
@@ -80,24 +95,13 @@ public final class InMemoryL3Store: L3Store {
     public func get(key: [UInt8]) throws -> L3Item? {
         let now = clock()
         return state.withLock { s in
-            guard let item = s.items[key], !item.isExpired(now: now) else { return nil }
-            if s.flushBefore != 0 && now >= s.flushBefore && item.version < UInt64(s.flushBefore) * 1_000_000_000 {
-                return nil
-            }
+            guard let item = s.items[key], !item.isExpired(now: now), !s.flush.hides(item, now: now) else { return nil }
             return item
         }
     }
 
-    public func flush(storedBefore unixTime: Int64) throws {
-        let now = clock()
-        state.withLock { s in
-            if unixTime <= now || unixTime == Int64.max {
-                // Events arrive in order: everything held was stored before this flush.
-                s.items.removeAll()
-            } else {
-                s.flushBefore = unixTime
-            }
-        }
+    public func flush(versionsBefore: UInt64, effectiveUnix: Int64) throws {
+        state.withLock { $0.flush = L3FlushMark(versionsBefore: versionsBefore, effectiveUnix: effectiveUnix) }
     }
 
     public var count: Int { state.withLock { $0.items.count } }

@@ -104,7 +104,7 @@ public final class L3Sync: Sendable {
         }
         guard fresh else { return false }
         do {
-            try store.flush(storedBefore: Int64.max)
+            try store.flush(versionsBefore: Self.wallClockMicros(), effectiveUnix: 0)
             count { $0.resyncs += 1 }
         } catch {
             count { $0.failures += 1 }
@@ -143,7 +143,14 @@ public final class L3Sync: Sendable {
                 }
             case .flush:
                 count { $0.flushes += 1 }
-                try store.flush(storedBefore: event.exptimeUnix ?? Self.now())
+                // Immediate: everything written before this event. Delayed: everything
+                // written before the flush time, from then on.
+                let at = event.exptimeUnix ?? Self.now()
+                if event.number == 0 || at <= Self.now() {
+                    try store.flush(versionsBefore: version(event), effectiveUnix: 0)
+                } else {
+                    try store.flush(versionsBefore: UInt64(at) * 1_000_000, effectiveUnix: at)
+                }
             case .evict:
                 if let value = event.value, try store.get(key: event.key) == nil {
                     count { $0.evictionsKept += 1 }
@@ -171,9 +178,24 @@ public final class L3Sync: Sendable {
         return (Int64(real.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(real.tv_nsec) - Int64(mono.tv_nsec)
     }()
 
-    /// The event's wall-clock time in ns: its L3 version.
+    static func wallClockMicros() -> UInt64 {
+        var real = timespec()
+        clock_gettime(CLOCK_REALTIME, &real)
+        return UInt64(real.tv_sec) * 1_000_000 + UInt64(real.tv_nsec) / 1000
+    }
+
+    /// The last version handed out (consumer thread): versions strictly increase.
+    private let lastVersion = Mutex<UInt64>(0)
+
+    /// The event's wall-clock time in µs, made strictly increasing: its L3
+    /// version. (µs: CXLTier keeps 56-bit versions; wall clock: versions
+    /// survive daemon restarts.)
     private func version(_ event: MemcachedEvent) -> UInt64 {
-        UInt64(max(1, Int64(event.timestampNs) + realtimeOffsetNs))
+        let micros = UInt64(max(1, (Int64(event.timestampNs) + realtimeOffsetNs) / 1000))
+        return lastVersion.withLock { last in
+            last = max(micros, last + 1)
+            return last
+        }
     }
 
     private func enqueue(_ job: Job) {

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Loader
 import Logging
+import CXLTier
 import L3Sync
 import MemcachedProbes
 import Synchronization
@@ -87,6 +88,12 @@ struct Attach: ParsableCommand {
     @Flag(name: .customLong("no-cxl"), help: "With --memcached/--pid: keep L3 in this process's memory instead of a CXL pool (lost when cxl-bmc exits).")
     var noCXL = false
 
+    @Option(name: .customLong("pool"), help: ArgumentHelp("With --memcached/--pid: keep L3 in this CXL pool (a file made by `cxl-bmc pool create`, e.g. in /dev/shm; or /dev/daxX.Y).", valueName: "PATH"))
+    var pool: String?
+
+    @Option(name: .customLong("partition"), help: "The pool partition this host owns and writes (see `cxl-bmc pool inspect`).")
+    var partition = 0
+
     @Option(
         name: .customLong("memcached-addr"),
         help: ArgumentHelp("memcached's TCP address, where L3 promotes items and fetches large values (default: 127.0.0.1 and --port).", valueName: "HOST:PORT"))
@@ -100,12 +107,14 @@ struct Attach: ParsableCommand {
 
     @OptionGroup var pins: PinOptions
 
-    var l3Wanted: Bool { noCXL }
+    var l3Wanted: Bool { noCXL || pool != nil }
 
     func validate() throws {
         if l3Wanted && !memcached.given {
-            throw ValidationError("L3 (--no-cxl) works from memcached's events: add --memcached PATH or --pid PID")
+            throw ValidationError("L3 (--no-cxl, --pool) works from memcached's events: add --memcached PATH or --pid PID")
         }
+        if noCXL && pool != nil { throw ValidationError("--no-cxl and --pool exclude each other") }
+        guard partition >= 0 else { throw ValidationError("--partition must be 0 or more") }
         if let metricsAddress, Events.hostPort(metricsAddress) == nil {
             throw ValidationError("--metrics wants ADDR:PORT, got \(metricsAddress)")
         }
@@ -157,9 +166,19 @@ struct Attach: ParsableCommand {
                 if l3Wanted {
                     let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
                     nonisolated(unsafe) let counterSource = probes
-                    sync = L3Sync(store: InMemoryL3Store(), memcachedHost: host, port: tcpPort,
+                    let store: any L3Store
+                    let place: String
+                    if let pool {
+                        let opened = pool.hasPrefix("/dev/dax") ? try Pool(region: DevDaxRegion(path: pool)) : try Pool(path: pool)
+                        store = try CXLTierStore(pool: opened, partition: partition)
+                        place = "pool \(pool), partition \(partition)"
+                    } else {
+                        store = InMemoryL3Store()
+                        place = "in memory (--no-cxl)"
+                    }
+                    sync = L3Sync(store: store, memcachedHost: host, port: tcpPort,
                                   lostEvents: { try? counterSource.stats().lost })
-                    print("L3: in memory (--no-cxl); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
+                    print("L3: \(place); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
                     fflush(nil)
                 }
                 try daemon.attachProbes(probes, trace: trace, sync: sync)

@@ -1,3 +1,4 @@
+import CXLTier
 import Foundation
 import L3Sync
 import Synchronization
@@ -11,6 +12,25 @@ import Testing
 @Suite(.serialized, .enabled(if: Privilege.shouldRun && LoopbackMemcached.shouldRun))
 struct L3SyncTests {
     init() throws { try Privilege.require() }
+
+    /// Where L3 lives: this process's memory, or a CXLTier partition in an emulated pool.
+    enum Backing: String, CaseIterable, CustomTestStringConvertible {
+        case memory, cxlPool
+        var testDescription: String { rawValue }
+
+        /// A fresh store (and what to do afterwards).
+        func make() throws -> (any L3Store, () -> Void) {
+            switch self {
+            case .memory:
+                return (InMemoryL3Store(), {})
+            case .cxlPool:
+                let path = "/dev/shm/cxl-bmc-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+                let pool = try Pool.create(path: path, size: 64 << 20)
+                let store = try CXLTierStore(pool: pool, partition: 0)
+                return (store, { store.close(); unlink(path) })
+            }
+        }
+    }
 
     /// Feeds `probed`'s events to `sync` until `done` holds.
     private func pump(_ probed: ProbedMemcached, _ sync: L3Sync, until done: () throws -> Bool) throws {
@@ -26,8 +46,10 @@ struct L3SyncTests {
         throw HarnessError("condition not reached; events: \(probed.events.map(\.summary))")
     }
 
-    @Test func writeThroughThenPromotionAfterMemcachedRestarts() throws {
-        let store = InMemoryL3Store()
+    @Test(arguments: Backing.allCases)
+    func writeThroughThenPromotionAfterMemcachedRestarts(backing: Backing) throws {
+        let (store, cleanup) = try backing.make()
+        defer { cleanup() }
         let value = Array("the value \u{1}\u{2}\r\n with CRLF inside".utf8)
         var sync: L3Sync!
         var expiry: Int64 = 0
@@ -80,8 +102,10 @@ struct L3SyncTests {
     }
 
     /// Lost events may have been deletes: after a loss nothing in L3 is promoted, L3 is emptied.
-    @Test func lostEventsStopPromotionsAndEmptyL3() throws {
-        let store = InMemoryL3Store()
+    @Test(arguments: Backing.allCases)
+    func lostEventsStopPromotionsAndEmptyL3(backing: Backing) throws {
+        let (store, cleanup) = try backing.make()
+        defer { cleanup() }
         let lost = Mutex<UInt64>(0)
         try LoopbackMemcached.with { a in
             let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
@@ -95,7 +119,9 @@ struct L3SyncTests {
             #expect(try store.get(key: Array("x".utf8)) == nil)
             #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promoted == 0)
             // No new loss: promotions resume.
-            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: 2))
+            // Written after the loss: a real write's version is its wall-clock time.
+            let after = UInt64(Date().timeIntervalSince1970 * 1e6) + 1_000
+            try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: after))
             sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("y".utf8)))
             #expect(sync.drain())
             #expect(try a.tcp().get("y")?.data == [2])
@@ -104,13 +130,13 @@ struct L3SyncTests {
     }
 
     /// flush_all with a delay: items stored before the flush time disappear at that time, not
-    /// before; items stored after it stay (versions are wall-clock ns of the write).
+    /// before; items stored after it stay (versions are wall-clock µs of the write).
     @Test func delayedFlushTakesEffectAtItsTime() throws {
         let now = Mutex<Int64>(1_000_000)
         let store = InMemoryL3Store(clock: { now.withLock { $0 } })
-        let ns: (Int64) -> UInt64 = { UInt64($0) * 1_000_000_000 }
+        let ns: (Int64) -> UInt64 = { UInt64($0) * 1_000_000 } // versions are µs
         try store.put(key: [1], item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: ns(999_999)))
-        try store.flush(storedBefore: 1_000_005)
+        try store.flush(versionsBefore: ns(1_000_005), effectiveUnix: 1_000_005)
         #expect(try store.get(key: [1]) != nil, "not yet")
         now.withLock { $0 = 1_000_006 }
         try store.put(key: [2], item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: ns(1_000_006)))
@@ -122,8 +148,10 @@ struct L3SyncTests {
         #expect(try store.get(key: [2]) == nil)
     }
 
-    @Test func flushAllEmptiesL3() throws {
-        let store = InMemoryL3Store()
+    @Test(arguments: Backing.allCases)
+    func flushAllEmptiesL3(backing: Backing) throws {
+        let (store, cleanup) = try backing.make()
+        defer { cleanup() }
         try LoopbackMemcached.with { a in
             let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
             defer { sync.stop() }
