@@ -279,6 +279,40 @@ struct L1EndToEndTests {
         }
     }
 
+    /// L3 in an emulated CXL pool outlives the daemon: a set is written through to the pool; the
+    /// daemon and memcached both go; a new memcached and a new daemon on the same pool promote the
+    /// item back on the first miss.
+    @Test func poolOutlivesTheDaemon() throws {
+        let pool = "/dev/shm/cxl-bmc-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(pool) }
+        let create = try runProcess(try Paths.product("cxl-bmc"), ["pool", "create", pool, "--size", "64M"])
+        #expect(create.status == 0, "\(create)")
+        let value = "pooled-\(UInt64.random(in: 0...UInt64.max))"
+        let arguments: (Testbed, Int32) -> [String] = { tb, _ in
+            ["--memcached", "/usr/bin/memcached", "--pool", pool, "--memcached-addr", "\(tb.serverIP4):11211"]
+        }
+        try Self.withL1(probeArguments: arguments) { tb, _, log in
+            let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pool-key 5 0 \(value.utf8.count)\r\n\(value)\r\n"])
+            #expect(set.stdout.contains("stored"), "\(set)")
+            usleep(300_000)
+            #expect(log.contents().contains("L3: pool \(pool), partition 0"), "\(log.contents())")
+        }
+        // Daemon gone (SIGTERM), memcached gone with its test bed. Both anew, same pool.
+        try Self.withL1(probeArguments: arguments) { tb, _, log in
+            _ = try tb.mcLoad(["get", "--server", tb.serverIP4, "pool-key"])
+            let deadline = ContinuousClock.now + .seconds(5)
+            var hit = ""
+            while ContinuousClock.now < deadline {
+                usleep(100_000)
+                hit = try tb.mcLoad(["get", "--server", tb.serverIP4, "pool-key"]).stdout
+                if hit.contains(value) { break }
+            }
+            #expect(hit.contains("pool-key flags=5 bytes=\(value.utf8.count): \"\(value)\""), "\(hit); log: \(log.contents())")
+        }
+        let inspect = try runProcess(try Paths.product("cxl-bmc"), ["pool", "check", pool])
+        #expect(inspect.status == 0, "the pool is clean after two daemons: \(inspect)")
+    }
+
     /// The stale-read checker with memcached's uprobes as L1's only invalidation (ingress write
     /// parsing off): every write bumps its set exactly when memcached applies it. A heavier mix
     /// than the wire-only check: more keys, writes four times as often.
