@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: L1 in front of Debian's memcached in a two-namespace test bed, the user's flow
 # step by step: attach, pin and tc-attach the egress filter by hand, load, stats, a write, detach;
-# then uprobes on memcached and L3: memcached killed and restarted, its items promoted back.
+# then uprobes on memcached and L3 in an emulated CXL pool: memcached killed and restarted, its
+# items promoted back from the pool.
 # Everything it creates is removed at the end (or on Ctrl-C). Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +17,7 @@ cleanup() {
     [ -n "$attach_pid" ] && kill -TERM "$attach_pid" 2>/dev/null && wait "$attach_pid" 2>/dev/null
     bash "$here/testbed.sh" down "$name" >/dev/null 2>&1 || true
     [ -n "${log:-}" ] && rm -f "$log"
+    [ -n "${pool:-}" ] && rm -f "$pool"
 }
 trap cleanup EXIT INT TERM
 
@@ -66,9 +68,13 @@ srv ip -d link show "$SERVER_IF" | grep -q "prog/xdp" && echo "XDP still attache
 [ -d "/sys/fs/bpf/cxl-bmc/$SERVER_IF" ] && echo "pins left!" || echo "no pins left"
 kill -0 "$MEMCACHED_PID" && echo "memcached $MEMCACHED_PID still running"
 
-step "cxl-bmc attach $SERVER_IF --memcached /usr/bin/memcached --no-cxl: uprobes invalidate L1, L3 keeps every write"
+step "An emulated CXL pool (a shared file in /dev/shm): cxl-bmc pool create"
+pool=/dev/shm/cxl-bmc-$name.pool
+"$cxlbmc" pool create "$pool" --size 64M
+
+step "cxl-bmc attach $SERVER_IF --memcached /usr/bin/memcached --pool $pool: uprobes invalidate L1, L3 keeps every write"
 nsenter --net="/run/netns/$SERVER_NS" "$cxlbmc" attach "$SERVER_IF" --tc-attach --memcached /usr/bin/memcached \
-    --no-cxl --memcached-addr "$SERVER_IP4:11211" > "$log" 2>&1 &
+    --pool "$pool" --memcached-addr "$SERVER_IP4:11211" > "$log" 2>&1 &
 attach_pid=$!
 for _ in $(seq 100); do grep -q "^L3:" "$log" 2>/dev/null && break; sleep 0.1; done
 cat "$log"
@@ -91,7 +97,8 @@ cli "$mcload" get --server "$SERVER_IP4" profile:42 session:9
 echo "and over UDP (L1):"
 cli "$mcload" get --udp --server "$SERVER_IP4" profile:42
 
-step "Detach: L1 first, then the uprobes; L3's counters"
+step "Detach: L1 first, then the uprobes; L3's counters; the pool keeps the items"
 kill -TERM "$attach_pid"; wait "$attach_pid" || true; attach_pid=
 tail -4 "$log"
 kill -0 "$MEMCACHED_PID" && echo "memcached $MEMCACHED_PID still running"
+"$cxlbmc" pool inspect "$pool"
