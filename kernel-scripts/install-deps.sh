@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
     libbpf-dev libxdp-dev libelf-dev zlib1g-dev libnuma-dev libdaxctl-dev
     memcached iproute2 ethtool bpftool xdp-tools pkg-config curl
+    # memccapable: memcached protocol conformance, with and without cxl-bmc attached
+    libmemcached-tools
     # kernel-scripts/build-memcached.sh: Debian's memcached source rebuilt with symbols
     gcc make libc6-dev dpkg-dev libevent-dev libsasl2-dev libssl-dev python3
 )

@@ -313,6 +313,35 @@ struct L1EndToEndTests {
         #expect(inspect.status == 0, "the pool is clean after two daemons: \(inspect)")
     }
 
+    /// memccapable (libmemcached's protocol conformance suite, text and binary over TCP) passes
+    /// the same tests against memcached with all of cxl-bmc attached — L1, the uprobes, L3 in a
+    /// pool — as against vanilla memcached in the same kind of test bed.
+    @Test func conformanceMatchesVanilla() throws {
+        func run(_ tb: Testbed) throws -> [String] {
+            let r = try tb.runInClient("/usr/bin/memccapable", ["-h", tb.serverIP4, "-p", "11211", "-t", "5"],
+                                       timeout: .seconds(180))
+            let results = r.stdout.split(separator: "\n").filter { $0.contains("[pass]") || $0.contains("[fail]") || $0.contains("[skip]") }
+                .map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+            guard results.count > 20 else { throw HarnessError("memccapable printed no results: \(r)") }
+            return results
+        }
+        let vanilla = try Testbed.with { tb in
+            _ = try tb.startMemcached(["-t", "2"])
+            return try run(tb)
+        }
+        let pool = "/dev/shm/cxl-bmc-conf-\(getpid())"
+        defer { unlink(pool) }
+        let create = try runProcess(try Paths.product("cxl-bmc"), ["pool", "create", pool, "--size", "64M"])
+        #expect(create.status == 0, "\(create)")
+        try Self.withL1(probeArguments: { tb, _ in
+            ["--memcached", "/usr/bin/memcached", "--pool", pool, "--memcached-addr", "\(tb.serverIP4):11211"]
+        }) { tb, _, _ in
+            let attached = try run(tb)
+            #expect(attached == vanilla, "vanilla:\n\(vanilla.joined(separator: "\n"))\nattached:\n\(attached.joined(separator: "\n"))")
+            #expect(vanilla.allSatisfy { $0.contains("[pass]") }, "vanilla memcached fails some: \(vanilla)")
+        }
+    }
+
     /// The stale-read checker with memcached's uprobes as L1's only invalidation (ingress write
     /// parsing off): every write bumps its set exactly when memcached applies it. A heavier mix
     /// than the wire-only check: more keys, writes four times as often.
