@@ -170,7 +170,7 @@ struct Events: ParsableCommand {
     static func json(_ e: MemcachedEvent) -> String {
         var fields: [String] = [
             "\"kind\":\"\(e.kind)\"", "\"pid\":\(e.pid)", "\"key_b64\":\"\(Data(e.key).base64EncodedString())\"",
-            "\"key\":\(jsonString(e.keyString))", "\"command\":\(e.command)",
+            "\"key\":\(Stats.jsonString(e.keyString))", "\"command\":\(e.command)",
         ]
         if let c = e.storeCommand { fields.append("\"store\":\"\(c)\"") }
         if let m = e.missSource { fields.append("\"source\":\"\(m)\"") }
@@ -183,18 +183,5 @@ struct Events: ParsableCommand {
         fields.append("\"value_b64\":\(e.value.map { "\"\(Data($0).base64EncodedString())\"" } ?? "null")")
         fields.append("\"number\":\(e.number)")
         return "{" + fields.joined(separator: ",") + "}"
-    }
-
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
     }
 }

@@ -16,6 +16,19 @@ struct L1EndToEndTests {
         return counters.compactMapValues { $0 as? Int }
     }
 
+    /// GETs `key` over TCP every 100 ms until the reply contains `text` (a promotion landed) or
+    /// 5 s pass; returns the last reply.
+    static func getOverTCP(_ tb: Testbed, _ key: String, until text: String) throws -> String {
+        let deadline = ContinuousClock.now + .seconds(5)
+        var reply = ""
+        while ContinuousClock.now < deadline {
+            usleep(100_000)
+            reply = try tb.mcLoad(["get", "--server", tb.serverIP4, key]).stdout
+            if reply.contains(text) { break }
+        }
+        return reply
+    }
+
     /// Runs `body` with memcached and cxl-bmc attached (XDP + TC egress) on the server veth;
     /// afterwards checks that SIGTERM detached everything and left memcached running.
     /// With `probes`, `attach --pid` puts memcached's uprobes in charge of invalidation (ingress
@@ -245,13 +258,7 @@ struct L1EndToEndTests {
             usleep(300_000) // the probes arm in the new process
             let miss = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"])
             #expect(!miss.stdout.contains(value), "the new memcached starts empty: \(miss)")
-            let deadline = ContinuousClock.now + .seconds(5)
-            var hit = ""
-            while ContinuousClock.now < deadline {
-                usleep(100_000)
-                hit = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"]).stdout
-                if hit.contains(value) { break }
-            }
+            let hit = try Self.getOverTCP(tb, "pk", until: value)
             #expect(hit.contains("pk flags=31 bytes=\(value.utf8.count): \"\(value)\""), "promoted: \(hit); log: \(log.contents())")
             // And L1 serves it from then on (UDP; the promotion's own store gave L1 its TTL).
             var udpHits = 0
@@ -300,13 +307,7 @@ struct L1EndToEndTests {
         // Daemon gone (SIGTERM), memcached gone with its test bed. Both anew, same pool.
         try Self.withL1(probeArguments: arguments) { tb, _, log in
             _ = try tb.mcLoad(["get", "--server", tb.serverIP4, "pool-key"])
-            let deadline = ContinuousClock.now + .seconds(5)
-            var hit = ""
-            while ContinuousClock.now < deadline {
-                usleep(100_000)
-                hit = try tb.mcLoad(["get", "--server", tb.serverIP4, "pool-key"]).stdout
-                if hit.contains(value) { break }
-            }
+            let hit = try Self.getOverTCP(tb, "pool-key", until: value)
             #expect(hit.contains("pool-key flags=5 bytes=\(value.utf8.count): \"\(value)\""), "\(hit); log: \(log.contents())")
         }
         let inspect = try runProcess(try Paths.product("cxl-bmc"), ["pool", "check", pool])
