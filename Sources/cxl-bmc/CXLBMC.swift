@@ -16,8 +16,10 @@ struct CXLBMC: ParsableCommand {
             (XDP) to IFACE; memcached's UDP replies fill L1 through a TC egress program \
             pinned at /sys/fs/bpf/cxl-bmc/IFACE/tc_egress. With --memcached PATH or --pid \
             PID it also puts uprobes on memcached, which invalidate L1 exactly and feed L3 \
-            (--no-cxl: in memory). cxl-bmc events prints memcached's events live. Every \
-            command needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+            (--pool PATH: a CXL pool made by `cxl-bmc pool create`, emulated by a file in \
+            /dev/shm; --no-cxl: in memory). cxl-bmc events prints memcached's events live. \
+            Every command but pool and cluster needs root (CAP_BPF, CAP_NET_ADMIN, \
+            CAP_PERFMON).
 
             Set CXL_BMC_DEBUG=1 for debug logs (and the verifier log of a rejected \
             program), CXL_BMC_DEBUG=2 for libbpf's own messages too.
