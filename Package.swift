@@ -88,5 +88,11 @@ let package = Package(
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
+
+        // Packet fuzzing against a reference model (issue 7): the model, the fuzzer, its CLI and tests.
+        .target(name: "L1Model"),
+        .target(name: "L1Fuzz", dependencies: ["L1Model", "L1TestSupport", "Loader"]),
+        .executableTarget(name: "l1-fuzz", dependencies: ["L1Fuzz"]),
+        .testTarget(name: "L1FuzzTests", dependencies: ["L1Fuzz", "L1Model", "L1TestSupport", "Loader"]),
     ]
 )
