@@ -32,7 +32,7 @@ public enum Family: String, CaseIterable, Codable, Sendable {
         case .manyKeys: 5
         case .controlBytes: 5
         case .binary: 4
-        case .tcp: 2
+        case .tcp: 1
         case .otherPort: 3
         case .write: 2
         case .reply: 5
@@ -210,13 +210,18 @@ public struct Generator {
             s.ipv6 = true
             s.src = [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [2]
             s.dst = [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [1]
-            s.extensions = (0..<rng.range(1...5)).map { _ in
-                IPv6Extension(type: rng.pick([0, 0, 43, 60, 60, 51, 44, 50]), units: UInt8(rng.range(0...3)))
+            // Mostly chains L1 walks (it passes the GET); a fragment, ESP or a
+            // chain too long to walk makes it empty itself.
+            let walkable = rng.chance(85)
+            s.extensions = (0..<(walkable ? rng.range(1...3) : rng.range(1...5))).map { _ in
+                IPv6Extension(type: walkable ? rng.pick([0, 43, 60, 51]) : rng.pick([0, 43, 60, 51, 44, 50]),
+                              units: UInt8(rng.range(0...(walkable ? 1 : 3))))
             }
             return getFrame(s, keys: keysForGet(cachedPercent: 100))
         case .vlan:
             var s = baseSpec()
-            s.vlans = (0..<rng.range(0...2)).map { _ in (rng.pick([0x8100, 0x88a8]), UInt16(rng.below(65536))) }
+            let tags = rng.chance(15) ? 2 : rng.range(0...1) // stacked tags make L1 empty itself
+            s.vlans = (0..<tags).map { _ in (rng.pick([0x8100, 0x88a8]), UInt16(rng.below(65536))) }
             return getFrame(s, keys: keysForGet(cachedPercent: 100))
         case .manyKeys:
             let n = rng.chance(10) ? 0 : rng.range(1...40)
@@ -289,7 +294,10 @@ public struct Generator {
             case 1: // ARP-sized frame
                 return [UInt8](repeating: 0xff, count: 6) + [2, 0, 0, 0, 0, 2, 0x08, 0x06] + rng.bytes(28)
             case 2: // IPv4 ICMP
-                var f = getFrame(keys: [cachedKey()])
+                var s = baseSpec()
+                s.ipv6 = false
+                s.src = [10, 0, 0, 2]; s.dst = [10, 0, 0, 1]
+                var f = getFrame(s, keys: [cachedKey()])
                 if let l = L1Model.layers(f), !l.ipv6 { f[l.l3Offset + 9] = 1 }
                 return FrameSpec.fixChecksums(f)
             default: // a GET behind an unknown ethertype

@@ -54,7 +54,12 @@ public final class L1Fuzz {
         public var hits = 0
         public var passes = 0
         public var tcRuns = 0
+        /// Frames the kernel's test run would not take as an skb (EINVAL).
+        public var tcRefused = 0
+        public var tcRefusedExample: String?
         public var primes = 0
+        /// Packets after which L1 had emptied itself (epoch bump), by family.
+        public var emptiedBy: [String: Int] = [:]
         public var divergencesByKind: [String: Int] = [:]
         public var unexpectedDivergences = 0
         public var knownDivergences = 0
@@ -69,6 +74,7 @@ public final class L1Fuzz {
     public private(set) var report: Report
     private var primeCounter: UInt16 = 1
     private var sincePrime = 0
+    private var primedEpoch: UInt32 = 0
     public var reprimeEvery = 2000
     public var maxExamplesPerKind = 3
 
@@ -79,13 +85,14 @@ public final class L1Fuzz {
         try prime()
     }
 
-    /// Puts every item into L1 through the real path: a TCP `set` on a fresh
-    /// stream, memcached's STORED at egress, then a UDP GET miss and
-    /// memcached's reply, which fills.
+    /// Puts the items the model does not hold (all of them at first) into L1
+    /// through the real path: a TCP `set` on a fresh stream, memcached's
+    /// STORED at egress, then a UDP GET miss and memcached's reply, which fills.
     public func prime() throws {
         var peers = Peers(ipv6: false, clientPort: 41999, tcpPort: 50000)
         try harness.ingress(peers.syn())
-        for item in generator.items {
+        let missing = generator.items.filter { model.presence(of: $0.key) == nil }
+        for item in missing {
             let set = Array("set ".utf8) + item.key + Array(" \(item.flags) 0 \(item.value.count)\r\n".utf8) + item.value + [13, 10]
             try harness.ingress(peers.send(set))
             try harness.egress(peers.answer("STORED\r\n"))
@@ -100,7 +107,8 @@ public final class L1Fuzz {
                 .payload(Packet.frameHeader(id: id) + item.block(withCAS: true) + Array("END\r\n".utf8))
             try harness.egress(reply)
         }
-        model.reset(to: generator.items)
+        for item in missing { model.add(item) }
+        primedEpoch = try harness.state().epoch
         report.primes += 1
         sincePrime = 0
     }
@@ -110,7 +118,10 @@ public final class L1Fuzz {
     @discardableResult
     public func check(_ frame: [UInt8], family: Family, tc: Bool) throws -> Divergence? {
         let prediction = model.predict(frame)
-        let run = try harness.xdp.testRun(packet: frame)
+        let run: BPFTestRun
+        do { run = try harness.xdp.testRun(packet: frame) } catch {
+            throw FuzzError.testRun("XDP on frame \(hex(frame)): \(error)")
+        }
         if !prediction.getKeys.isEmpty { report.wellFormedGets += 1 }
         var kind: String?
         var detail = ""
@@ -145,13 +156,29 @@ public final class L1Fuzz {
             detail = "model: \(prediction.answer == nil ? "pass" : "answer")"
         }
         model.observe(prediction, answered: answered)
+        if prediction.effect != .inert {
+            // L1 empties itself (epoch bump) on what it cannot read exactly: once it
+            // has, the model holds nothing either, and every GET must pass.
+            let epoch = try harness.state().epoch
+            if epoch != primedEpoch {
+                model.forgetAll()
+                primedEpoch = epoch
+                report.emptiedBy[family.rawValue, default: 0] += 1
+            }
+        }
 
         if tc {
-            report.tcRuns += 1
-            let out = try harness.tc.testRun(packet: frame)
-            if kind == nil, out.action != TC_OK_ACTION || out.packet != frame {
+            // The kernel's test run refuses skbs whose network header is cut
+            // short (EINVAL): such frames never reach TC from the stack.
+            if let out = try? harness.tc.testRun(packet: frame) {
+                report.tcRuns += 1
+                if kind == nil, out.action != TC_OK_ACTION || out.packet != frame {
                 kind = "tcModifiedFrame"
-                detail = "TC verdict \(out.action), frame \(out.packet == frame ? "unchanged" : hex(out.packet))"
+                    detail = "TC verdict \(out.action), frame \(out.packet == frame ? "unchanged" : hex(out.packet))"
+                }
+            } else {
+                report.tcRefused += 1
+                if report.tcRefusedExample == nil { report.tcRefusedExample = hex(frame) }
             }
         }
         report.packets += 1
@@ -175,7 +202,8 @@ public final class L1Fuzz {
             // TC sees memcached's replies, and a sample of everything else.
             try check(frame, family: family, tc: family == .reply || report.packets % 8 == 0)
             sincePrime += 1
-            if sincePrime >= reprimeEvery || model.knownCount * 2 < generator.items.count { try prime() }
+            let missing = generator.items.count - model.knownCount
+            if missing * 4 > generator.items.count || (missing > 0 && sincePrime >= reprimeEvery) { try prime() }
         }
         report.seconds += Date().timeIntervalSince(start)
         report.packetsPerSecond = Double(report.packets) / max(report.seconds, 1e-9)
@@ -183,6 +211,8 @@ public final class L1Fuzz {
 
     public func makeFrame(_ family: Family) -> [UInt8] { generator.make(family) }
 }
+
+public enum FuzzError: Error { case testRun(String) }
 
 public func hex(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)

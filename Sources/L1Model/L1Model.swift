@@ -57,6 +57,11 @@ public struct L1Model {
         for item in cached { items[item.key] = (item, .present) }
     }
 
+    /// An item was just cached (through L1's real fill path).
+    public mutating func add(_ item: Item) { items[item.key] = (item, .present) }
+    /// L1 emptied itself.
+    public mutating func forgetAll() { items = [:] }
+
     public func presence(of key: [UInt8]) -> Presence? { items[key]?.presence }
     public var presentCount: Int { items.values.filter { $0.presence == .present }.count }
     /// Items the model believes L1 may still hold.
