@@ -69,7 +69,8 @@ public final class L1Fuzz {
     }
 
     public let harness: L1Harness
-    public private(set) var model = L1Model()
+    /// What the model believes L1 holds (tests may plant beliefs to check the checker).
+    public var model = L1Model()
     public private(set) var generator: Generator
     public private(set) var report: Report
     private var primeCounter: UInt16 = 1
