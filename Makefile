@@ -40,7 +40,7 @@ bench: deps
 
 # Packet fuzzing of L1 against its reference model (docs/reliability.md): release build, one
 # BPF_PROG_TEST_RUN per packet. 10 M packets take about 15-20 min on 2 cores; CI runs a fixed-seed
-# 80 k pass inside `make test` (Tests/L1FuzzTests). Exits non-zero on an unexpected divergence.
+# 60 k pass inside `make test` (Tests/L1FuzzTests). Exits non-zero on an unexpected divergence.
 FUZZ_SEED ?= 1
 FUZZ_PACKETS ?= 10000000
 fuzz:

@@ -11,7 +11,7 @@ import Testing
 @Suite(.enabled(if: Privilege.canRun, "needs root (BPF)"), .serialized)
 struct FuzzTests {
     /// Sized to run in well under a minute in a debug build on 2 cores (see docs/reliability.md).
-    static let ciPackets = Int(ProcessInfo.processInfo.environment["L1FUZZ_PACKETS"] ?? "") ?? 80_000
+    static let ciPackets = Int(ProcessInfo.processInfo.environment["L1FUZZ_PACKETS"] ?? "") ?? 60_000
 
     static func describe(_ r: L1Fuzz.Report) -> String {
         let unexpected = r.examples.filter { !$0.known }.map { "\($0.kind) [\($0.family)] \($0.detail.prefix(300)) frame \($0.frameHex)" }
