@@ -53,6 +53,8 @@ public final class L1Fuzz {
         public var wellFormedGets = 0
         public var hits = 0
         public var passes = 0
+        /// Passes the model allowed only because a key was uncertain (answering was allowed too).
+        public var uncertainPasses = 0
         public var tcRuns = 0
         /// Frames the kernel's test run would not take as an skb (EINVAL).
         public var tcRefused = 0
@@ -151,6 +153,8 @@ public final class L1Fuzz {
             } else if prediction.mustAnswer && prediction.unseenReason == nil {
                 kind = "missedHit"
                 detail = "every key is held; model answers \(hex(prediction.answer!))"
+            } else if prediction.answer != nil && prediction.unseenReason == nil {
+                report.uncertainPasses += 1
             }
         } else {
             kind = "xdpVerdict\(run.action)"

@@ -48,7 +48,7 @@ do {
         print(String(decoding: try enc.encode(r), as: UTF8.self))
     } else {
         print("seed \(r.seed): \(r.packets) packets in \(String(format: "%.1f", r.seconds)) s (\(Int(r.packetsPerSecond)) packets/s)")
-        print("well-formed GETs \(r.wellFormedGets), hits \(r.hits) (\(String(format: "%.1f", r.hitFraction * 100)) %), passes \(r.passes), TC runs \(r.tcRuns) (refused by the kernel \(r.tcRefused)), primes \(r.primes)")
+        print("well-formed GETs \(r.wellFormedGets), hits \(r.hits) (\(String(format: "%.1f", r.hitFraction * 100)) %), passes \(r.passes) (\(r.uncertainPasses) of keys the model was unsure of), TC runs \(r.tcRuns) (refused by the kernel \(r.tcRefused)), primes \(r.primes)")
         for (family, n) in r.perFamily.sorted(by: { $0.key < $1.key }) { print("  \(family): \(n)") }
         print("divergences: \(r.unexpectedDivergences) unexpected, \(r.knownDivergences) known")
         print("L1 emptied itself after: " + r.emptiedBy.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
