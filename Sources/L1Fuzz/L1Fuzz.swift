@@ -73,7 +73,7 @@ public final class L1Fuzz {
     public let harness: L1Harness
     /// What the model believes L1 holds (tests may plant beliefs to check the checker).
     public var model = L1Model()
-    public private(set) var generator: Generator
+    public var generator: Generator
     public private(set) var report: Report
     private var primeCounter: UInt16 = 1
     private var sincePrime = 0
