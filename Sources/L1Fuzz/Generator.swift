@@ -190,11 +190,11 @@ public struct Generator {
                 return f
             case 1:
                 let o = l.ipv6 ? l.l3Offset + 4 : l.l3Offset + 2
-                let v = rng.chance(50) ? UInt16(rng.below(65536)) : UInt16(truncatingIfNeeded: Int(LModelHelp.be16(f, o)) + rng.range(-9...9))
+                let v = rng.chance(50) ? UInt16(rng.below(65536)) : UInt16(truncatingIfNeeded: Int(L1Model.be16(f, o)) + rng.range(-9...9))
                 f[o] = UInt8(v >> 8); f[o + 1] = UInt8(v & 0xff)
             default:
                 let o = l.l4Offset + 4
-                let v = rng.chance(50) ? UInt16(rng.below(65536)) : UInt16(truncatingIfNeeded: Int(LModelHelp.be16(f, o)) + rng.range(-9...9))
+                let v = rng.chance(50) ? UInt16(rng.below(65536)) : UInt16(truncatingIfNeeded: Int(L1Model.be16(f, o)) + rng.range(-9...9))
                 f[o] = UInt8(v >> 8); f[o + 1] = UInt8(v & 0xff)
             }
             return rng.chance(70) ? FrameSpec.fixChecksums(f) : f
@@ -321,8 +321,4 @@ public struct Generator {
             return f
         }
     }
-}
-
-enum LModelHelp {
-    static func be16(_ f: [UInt8], _ o: Int) -> UInt16 { UInt16(f[o]) << 8 | UInt16(f[o + 1]) }
 }

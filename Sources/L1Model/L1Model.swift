@@ -113,7 +113,8 @@ public struct L1Model {
         public var deliverable = false
     }
 
-    static func be16(_ f: [UInt8], _ o: Int) -> UInt16 { UInt16(f[o]) << 8 | UInt16(f[o + 1]) }
+    /// The big-endian 16-bit field at `o`.
+    public static func be16(_ f: [UInt8], _ o: Int) -> UInt16 { UInt16(f[o]) << 8 | UInt16(f[o + 1]) }
 
     /// Parses headers; nil for frames that are not IPv4/IPv6 at all.
     public static func layers(_ f: [UInt8]) -> Layers? {
