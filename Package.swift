@@ -143,5 +143,11 @@ let package = Package(
             name: "CXLTierTests",
             dependencies: ["CXLTier", "CCXLTierShim", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
+
+        // Packet fuzzing against a reference model (issue 7): the model, the fuzzer, its CLI and tests.
+        .target(name: "L1Model"),
+        .target(name: "L1Fuzz", dependencies: ["L1Model", "L1TestSupport", "Loader"]),
+        .executableTarget(name: "l1-fuzz", dependencies: ["L1Fuzz"]),
+        .testTarget(name: "L1FuzzTests", dependencies: ["L1Fuzz", "L1Model", "L1TestSupport", "Loader"]),
     ]
 )
