@@ -28,6 +28,7 @@ struct pkt_info {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 ext_headers; /* IPv6 extension headers before L4: GETs are passed, writes tracked */
+	__u8 udp_unanswerable; /* a GET memcached would never answer: source port 0, or IPv6 without UDP checksum (dropped) */
 	__u16 sport; /* network order */
 	__u16 dport; /* network order */
 	__u32 seq;   /* TCP sequence number, host order */
@@ -140,6 +141,7 @@ static __always_inline int parse_headers(const __u8 *hdr, __u32 hdr_cap, __u32 l
 			return PKT_TRUNCATED;
 		pi->sport = udp->source;
 		pi->dport = udp->dest;
+		pi->udp_unanswerable = udp->source == 0 || (pi->ipv6 && udp->check == 0);
 		pi->payload_off = off + 8;
 		pi->payload_len = ulen - 8;
 		pi->tcp_flags = 0;

@@ -31,7 +31,11 @@ static __always_inline void handle_reply_release(struct pkt_info *pi, struct l1_
 	int closing = pi->proto == IPPROTO_TCP && (pi->tcp_flags & (TCPF_FIN | TCPF_RST));
 	if (pi->payload_len || closing)
 		stat_add(L1_STAT_RELEASE, conn_release_pending(conn, closing, now, cfg->hold_ns));
-	if (closing)
+	/* A UDP peer has no stream to follow: once its writes are settled its
+	 * entry goes, or every client port that ever wrote would keep one and
+	 * fill the map (then each new writer empties L1). A write racing this
+	 * delete loses its release and stays pending until inflight_max: safe. */
+	if (closing || (key.proto == L1_PROTO_UDP && pi->payload_len && !READ_ONCE(conn->npending)))
 		bpf_map_delete_elem(&mcache_conns, &key);
 }
 

@@ -659,8 +659,8 @@ int xdp_mcache_get(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	int why = mc_parse_get(s);
-	if (why == 0 && pi.ext_headers)
-		why = L1_STAT_PASS_MALFORMED; /* IP options or IPv6 extension headers: not answered here */
+	if (why == 0 && (pi.ext_headers || pi.udp_unanswerable))
+		why = L1_STAT_PASS_MALFORMED; /* IP options or IPv6 extension headers, port 0, no IPv6 checksum: not answered here */
 	if (why == 0) {
 		/* The coarse clock lags by at most a tick; L1's deadlines already
 		 * end a second before memcached's. */
