@@ -315,11 +315,14 @@ final class Daemon: @unchecked Sendable {
     private func tick() {
         guard !stopped, let cache else { return }
         ticks += 1
-        if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache) }
-        metrics?.update(l1: try? cache.stats(), probes: try? probes?.stats(), l3: sync?.snapshot)
+        // One sample of every counter per tick, for the stats block, the metrics and the status file.
+        let l1 = try? cache.stats()
+        let probeStats = probes.flatMap { try? $0.stats() }
+        let l3 = sync?.snapshot
+        let status = DaemonStatus(pid: getpid(), interface: cache.interface.name, probes: probeStats, sync: l3)
+        if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache, l1: l1, status: status) }
+        metrics?.update(l1: l1, probes: probeStats, l3: l3)
         if probes != nil {
-            let status = DaemonStatus(pid: getpid(), interface: cache.interface.name,
-                                      probes: try? probes?.stats(), sync: sync?.snapshot)
             do { try status.write() } catch { logger.warning("could not publish the daemon's status: \(error)") }
         }
         // Someone else detached L1 only if queries that succeed stop showing our program
@@ -349,22 +352,16 @@ final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// The `--stats-interval` block: what each tier did since start.
-    private func printStats(_ cache: L1Cache) {
+    /// The `--stats-interval` block: what each tier did since start (events and
+    /// L3 as `cxl-bmc stats` prints them from the status file).
+    private func printStats(_ cache: L1Cache, l1: L1Stats?, status: DaemonStatus) {
         var lines = ["--- cxl-bmc \(cache.interface.name) after \(ticks) s"]
-        if let l1 = try? cache.stats() {
+        if let l1 {
             let gets = l1["get_seen"] ?? 0, hits = l1["hit"] ?? 0
             let ratio = gets > 0 ? String(format: "%.3f", Double(hits) / Double(gets)) : "-"
-            lines.append("L1: \(gets) UDP GETs, \(hits) hits (ratio \(ratio)), \(l1["fill"] ?? 0) fills, \(l1["fill_refused"] ?? 0) refused")
+            lines.append("  L1: \(gets) UDP GETs, \(hits) hits (ratio \(ratio)), \(l1["fill"] ?? 0) fills, \(l1["fill_refused"] ?? 0) refused")
         }
-        if let probes, let p = try? probes.stats() {
-            lines.append("memcached: \(p.emitted(.store)) stores, \(p.emitted(.miss)) misses, \(p.emitted(.delete)) deletes, \(p.emitted(.evict)) evictions; events \(p.emitted) emitted, \(p.lost) lost")
-        }
-        if let sync {
-            let c = sync.snapshot
-            let avg = c.promoted > 0 ? String(format: "%.0f µs", Double(c.promotionNsTotal) / Double(c.promoted) / 1000) : "-"
-            lines.append("L3: \(c.stores) written through, \(c.l3Hits) misses answered, \(c.promoted) promoted (avg \(avg)), \(c.promotionsRaced) raced, \(c.dropped) dropped, \(c.failures) failures")
-        }
+        lines += status.lines
         print(lines.joined(separator: "\n"))
         fflush(nil)
     }
