@@ -70,7 +70,7 @@ let package = Package(
         ),
 
         // L3 kept in step with memcached: write-through from its events, promotion on misses.
-        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient", "CXLTier"]),
+        .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient", "CXLTier", "Loader"]),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),

@@ -1,4 +1,5 @@
 import Foundation
+import Loader
 import MemcacheClient
 import MemcachedProbes
 import Synchronization
@@ -171,12 +172,7 @@ public final class L3Sync: Sendable {
 
     /// CLOCK_REALTIME − CLOCK_MONOTONIC when this started: turns events'
     /// monotonic timestamps into wall-clock versions.
-    private let realtimeOffsetNs: Int64 = {
-        var mono = timespec(), real = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &mono)
-        clock_gettime(CLOCK_REALTIME, &real)
-        return (Int64(real.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(real.tv_nsec) - Int64(mono.tv_nsec)
-    }()
+    private let realtimeOffsetNs = L1Cache.realtimeOffsetNs()
 
     static func wallClockMicros() -> UInt64 {
         var real = timespec()
@@ -260,7 +256,7 @@ public final class L3Sync: Sendable {
             if encoded { flags.append("b") }
             let reply = try client.request(.metaSet(name, value: hit.value, flags: flags))
             guard case .meta(let meta) = reply else { throw MemcacheError.malformedReply("ms answered \(reply)") }
-            let took = UInt64(max(0, Int64(monotonicNowNs()) - Int64(missAt)))
+            let took = UInt64(max(0, Int64(L1Cache.monotonicNs()) - Int64(missAt)))
             if meta.code == "HD" {
                 count { $0.promoted += 1; $0.promotionNsTotal += took }
             } else if meta.code == "NS" {
@@ -270,11 +266,4 @@ public final class L3Sync: Sendable {
             }
         }
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads (event timestamps).
-func monotonicNowNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

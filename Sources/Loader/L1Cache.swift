@@ -421,7 +421,7 @@ public final class L1Cache {
     /// The kernel keeps program names to BPF_OBJ_NAME_LEN - 1 characters.
     static func kernelName(_ name: String) -> String { String(name.prefix(15)) }
 
-    static func realtimeOffsetNs() -> Int64 {
+    public static func realtimeOffsetNs() -> Int64 {
         var realtime = timespec()
         var monotonic = timespec()
         clock_gettime(CLOCK_REALTIME, &realtime)
@@ -431,7 +431,7 @@ public final class L1Cache {
     }
 
     /// CLOCK_MONOTONIC in ns: bpf_ktime_get_ns()'s clock.
-    static func monotonicNs() -> UInt64 {
+    public static func monotonicNs() -> UInt64 {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)

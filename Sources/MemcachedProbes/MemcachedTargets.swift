@@ -132,6 +132,14 @@ public struct MemcachedTargets: Sendable {
             currentTime: currentTime.address, processStarted: processStarted.address, settings: settings.address)
     }
 
+    /// The address a 32-bit little-endian displacement at `bytes[at]` points to,
+    /// relative to `next` (the address of the following instruction).
+    static func ripRelative(_ bytes: [UInt8], displacementAt at: Int, next: UInt64) -> UInt64 {
+        let disp = Int32(bitPattern: UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8
+            | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24)
+        return UInt64(bitPattern: Int64(bitPattern: next) + Int64(disp))
+    }
+
     /// Finds `call rel32` (0xE8) instructions inside the host functions whose
     /// target is one of the callees. A 5-byte pattern whose displacement
     /// lands exactly on a callee's first byte is the call: a false match
@@ -144,10 +152,8 @@ public struct MemcachedTargets: Sendable {
             guard let size = host.size, size >= 5 else { continue }
             let bytes = try image.bytes(atFileOffset: host.fileOffset, count: Int(size))
             for i in 0...(bytes.count - 5) where bytes[i] == 0xe8 {
-                let rel = Int32(bitPattern: UInt32(bytes[i + 1]) | UInt32(bytes[i + 2]) << 8
-                    | UInt32(bytes[i + 3]) << 16 | UInt32(bytes[i + 4]) << 24)
                 let address = host.address + UInt64(i)
-                let target = UInt64(bitPattern: Int64(bitPattern: address + 5) + Int64(rel))
+                let target = ripRelative(bytes, displacementAt: i + 1, next: address + 5)
                 guard let (callee, register) = callees.first(where: { $0.0.address == target }),
                       seen.insert(address).inserted else { continue }
                 sites.append(Site(fileOffset: host.fileOffset + UInt64(i), address: address, register: register,
@@ -181,11 +187,8 @@ public struct MemcachedTargets: Sendable {
                     i += 1
                     continue
                 }
-                let disp = Int32(bitPattern: UInt32(bytes[at + 2]) | UInt32(bytes[at + 3]) << 8
-                    | UInt32(bytes[at + 4]) << 16 | UInt32(bytes[at + 5]) << 24)
-                let length = UInt64(at + 6 - i)
                 let address = host.address + UInt64(i)
-                let target = UInt64(bitPattern: Int64(bitPattern: address + length) + Int64(disp))
+                let target = ripRelative(bytes, displacementAt: at + 2, next: address + UInt64(at + 6 - i))
                 if target == oldestLive, seen.insert(address).inserted {
                     let register = (bytes[at + 1] >> 3) & 7 | (rex & 0x04 != 0 ? 8 : 0)
                     sites.append(Site(fileOffset: host.fileOffset + UInt64(i), address: address,

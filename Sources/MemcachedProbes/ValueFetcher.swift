@@ -1,3 +1,4 @@
+import Foundation
 import MemcacheClient
 
 /// Completes events whose value did not fit (chunked or over
@@ -26,7 +27,7 @@ public final class MemcachedValueFetcher {
     /// A key as the meta protocol takes it: as is, or base64 (then pass the `b` flag).
     public static func metaKey(_ key: [UInt8]) -> (key: String, base64: Bool) {
         if key.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) { return (String(decoding: key, as: UTF8.self), false) }
-        return (base64(key), true)
+        return (Data(key).base64EncodedString(), true)
     }
 
     public func fetch(_ event: MemcachedEvent) throws -> Outcome {
@@ -39,22 +40,5 @@ public final class MemcachedValueFetcher {
         let flags = meta.flags.first { $0.hasPrefix("f") }.flatMap { UInt32($0.dropFirst()) }
         if let want = event.cas, let cas, cas != want { return .superseded(currentCAS: cas) }
         return .fetched(event.with(value: value, clientFlags: flags, cas: cas))
-    }
-
-    static func base64(_ bytes: [UInt8]) -> String {
-        let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        var i = 0
-        while i < bytes.count {
-            let n = min(3, bytes.count - i)
-            let b0 = UInt32(bytes[i]), b1 = n > 1 ? UInt32(bytes[i + 1]) : 0, b2 = n > 2 ? UInt32(bytes[i + 2]) : 0
-            let v = b0 << 16 | b1 << 8 | b2
-            out.append(table[Int(v >> 18 & 63)])
-            out.append(table[Int(v >> 12 & 63)])
-            out.append(n > 1 ? table[Int(v >> 6 & 63)] : UInt8(ascii: "="))
-            out.append(n > 2 ? table[Int(v & 63)] : UInt8(ascii: "="))
-            i += 3
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }
