@@ -1,3 +1,4 @@
+import CXLBMCABI
 import Foundation
 import ProbeTargets
 
@@ -58,8 +59,9 @@ public struct MemcachedTargets: Sendable {
         "process_flush_all_command", "process_command_ascii.part.0", "process_command_ascii",
         "process_bin_flush", "dispatch_bin_command", "try_read_command_binary", "complete_nread_binary",
     ]
-    /// memcached 1.6 `struct settings`: offset of `rel_time_t oldest_live`.
-    public static let oldestLiveOffset: UInt64 = 0x24
+    /// memcached 1.6 `struct settings`: offset of `rel_time_t oldest_live` (the ABI header's,
+    /// which the flush and eviction probes read too).
+    public static let oldestLiveOffset = UInt64(MC_SETTINGS_OLDEST_LIVE)
 
     /// Resolves everything or throws a message that says what is missing and
     /// what to install (``ProbeTargetError``) or why a probe cannot be placed
