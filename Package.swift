@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "cxl-bmc",
             dependencies: [
-                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync", "Peering", "CXLTier",
+                "Loader", "CXLBMCABI", "MemcachedProbes", "MemcacheClient", "L3Sync", "Peering", "CXLTier", "L3Cluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -71,6 +71,17 @@ let package = Package(
 
         // L3 kept in step with memcached: write-through from its events, promotion on misses.
         .target(name: "L3Sync", dependencies: ["MemcachedProbes", "MemcacheClient", "CXLTier", "Loader"]),
+        // L3 over every node's partition: per-key access paths (local, direct read, network),
+        // replication, failover; the partition served to peers.
+        .target(
+            name: "L3Cluster",
+            dependencies: [
+                "L3Sync", "Peering", "CXLTier",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
 
         // memcached client for tests, the stale-read checker and benchmarks.
         .target(name: "MemcacheClient"),
@@ -94,6 +105,13 @@ let package = Package(
         ),
 
         .testTarget(name: "L1FixtureTests", dependencies: ["L1TestSupport", "Loader", "CXLBMCABI"]),
+        .testTarget(
+            name: "L3ClusterTests",
+            dependencies: [
+                "L3Cluster", "L3Sync", "CXLTier", "Peering",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
 

@@ -5,6 +5,8 @@
 #   testbed.sh down NAME            remove everything `up` and `memcached` created; safe to repeat
 #   testbed.sh memcached NAME [ARG…] start /usr/bin/memcached in NAME-srv on both addresses,
 #                                   UDP and TCP port 11211 unless ARGs override; prints MEMCACHED_PID=…
+#   testbed.sh link NAME OTHER      join NAME-srv and OTHER-srv (two test beds: two hosts) by a veth
+#                                   pair; prints LINK_IP4=… (NAME's end) and LINK_PEER_IP4=… (OTHER's)
 #
 # Environment: TESTBED_SUBNET=N picks 10.213.N.0/24 and fd00:213:N::/64 (N in 1..254); by default
 # N is derived from NAME. Commands run inside with `nsenter --net=/run/netns/NAME-cli …`, which,
@@ -17,7 +19,7 @@ STATE_ROOT=/run/cxl-bmc-testbed
 die() { echo "testbed: $*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -151,6 +153,21 @@ cmd_memcached() {
     echo "MEMCACHED_PID=$pid"
 }
 
+# The hosts' own network (peers talk over it): 10.214.N.0/24, N being NAME's subnet number.
+# Deleting either namespace (`down`) deletes the pair.
+cmd_link() {
+    [ -f "$STATE/env" ] || die "$NAME is not up"
+    local other=$1 other_ns=$1-srv
+    [ -f "$STATE_ROOT/$other/env" ] || die "$other is not up"
+    ip link add "$NAME-p" netns "$SERVER_NS" type veth peer name "$other-p" netns "$other_ns"
+    ip -n "$SERVER_NS" addr add "10.214.$SUBNET.1/24" dev "$NAME-p"
+    ip -n "$other_ns" addr add "10.214.$SUBNET.2/24" dev "$other-p"
+    ip -n "$SERVER_NS" link set "$NAME-p" up
+    ip -n "$other_ns" link set "$other-p" up
+    echo "LINK_IP4=10.214.$SUBNET.1"
+    echo "LINK_PEER_IP4=10.214.$SUBNET.2"
+}
+
 [ $# -ge 2 ] || usage
 cmd=$1
 setup_names "$2"
@@ -159,5 +176,6 @@ case $cmd in
     up)        [ $# -eq 0 ] || usage; cmd_up ;;
     down)      [ $# -eq 0 ] || usage; cmd_down ;;
     memcached) cmd_memcached "$@" ;;
+    link)      [ $# -eq 1 ] || usage; cmd_link "$1" ;;
     *)         usage ;;
 esac

@@ -22,6 +22,15 @@ enum Lookup {
 /// crc32c (seeded with its log position), its key and the slot it came from (re-read after the
 /// copy, seqlock style) all agree. Anything else is a miss. It never writes to the pool and never
 /// waits for the writer.
+/// A partition's answer for one key (``PartitionReader/versioned(_:)``).
+public enum VersionedLookup: Sendable, Equatable {
+    case item(TierItem)
+    /// Deleted or expired, at this version.
+    case gone(version: UInt64)
+    /// Nothing valid held (never written, reclaimed, or failed validation).
+    case absent
+}
+
 public final class PartitionReader: @unchecked Sendable {
     let memory: PartitionMemory
     private let hitCount = Atomic<UInt64>(0)
@@ -59,6 +68,25 @@ public final class PartitionReader: @unchecked Sendable {
         case let .expired(item, _): (item.version, true)
         case let .deleted(version, _): (version, true)
         case .miss, .retry: nil
+        }
+    }
+
+    /// What the partition says about `key`, in one lookup: the live item, or the version of its
+    /// deletion (or expiry), or nothing valid. Peering merges these across partitions (newest wins).
+    public func versioned(_ key: [UInt8]) -> VersionedLookup {
+        switch key.withUnsafeBytes({ lookup($0) }) {
+        case let .hit(item, _):
+            hitCount.add(1, ordering: .relaxed)
+            return .item(item)
+        case let .expired(item, _):
+            missCount.add(1, ordering: .relaxed)
+            return .gone(version: item.version)
+        case let .deleted(version, _):
+            missCount.add(1, ordering: .relaxed)
+            return .gone(version: version)
+        case .miss, .retry:
+            missCount.add(1, ordering: .relaxed)
+            return .absent
         }
     }
 

@@ -37,6 +37,8 @@ public final class L3Sync: Sendable {
         public var resyncs: UInt64 = 0
         /// Sum of promotion latencies (miss event → memcached's HD), ns.
         public var promotionNsTotal: UInt64 = 0
+        /// Store events that were this daemon's own promotions (not written through again).
+        public var promotionEchoes: UInt64 = 0
     }
 
     private enum Job {
@@ -120,6 +122,10 @@ public final class L3Sync: Sendable {
             case .store:
                 count { $0.stores += 1 }
                 if let value = event.value {
+                    if isOwnPromotion(key: event.key, value: value, flags: event.clientFlags) {
+                        count { $0.promotionEchoes += 1 }
+                        return
+                    }
                     try store.put(key: event.key, item: item(event, value: value, flags: event.clientFlags))
                 } else {
                     enqueue(.fetch(event))
@@ -214,6 +220,34 @@ public final class L3Sync: Sendable {
     }
     private let busy = Atomic<Bool>(false)
 
+    /// Items this daemon promoted, until memcached's store event for them comes back. That event
+    /// is not a client's write: written through with a new version, it could overwrite a newer
+    /// write another host made meanwhile. It is recognised by key, value and flags.
+    private struct Promotion {
+        var value: [UInt8]
+        var flags: UInt32
+        var atNs: UInt64
+    }
+    private let promotions = Mutex<[[UInt8]: Promotion]>([:])
+    private static let promotionEchoWindowNs: UInt64 = 5_000_000_000
+
+    private func isOwnPromotion(key: [UInt8], value: [UInt8], flags: UInt32) -> Bool {
+        let now = L1Cache.monotonicNs()
+        return promotions.withLock { pending in
+            guard let p = pending[key] else { return false }
+            pending[key] = nil
+            return p.value == value && p.flags == flags && now &- p.atNs < Self.promotionEchoWindowNs
+        }
+    }
+
+    private func remember(promotionOf key: [UInt8], value: [UInt8], flags: UInt32) {
+        let now = L1Cache.monotonicNs()
+        promotions.withLock { pending in
+            if pending.count >= 65536 { pending = pending.filter { now &- $0.value.atNs < Self.promotionEchoWindowNs } }
+            if pending.count < 65536 { pending[key] = Promotion(value: value, flags: flags, atNs: now) }
+        }
+    }
+
     private func work() {
         var client: MemcacheTCPClient?
         while !stopped.load(ordering: .acquiring) {
@@ -238,6 +272,10 @@ public final class L3Sync: Sendable {
             let fetcher = MemcachedValueFetcher(client: client)
             if case .fetched(let full) = try fetcher.fetch(event), let value = full.value {
                 count { $0.fetched += 1 }
+                if event.kind == .store, isOwnPromotion(key: event.key, value: value, flags: full.clientFlags) {
+                    count { $0.promotionEchoes += 1 }
+                    return
+                }
                 var flags = full.clientFlags
                 if event.kind == .delta, let old = try store.get(key: event.key) { flags = old.flags }
                 try store.put(key: event.key, item: item(event, value: value, flags: flags))
@@ -254,6 +292,7 @@ public final class L3Sync: Sendable {
             }
             let (name, encoded) = MemcachedValueFetcher.metaKey(key)
             if encoded { flags.append("b") }
+            remember(promotionOf: key, value: hit.value, flags: hit.flags)
             let reply = try client.request(.metaSet(name, value: hit.value, flags: flags))
             guard case .meta(let meta) = reply else { throw MemcacheError.malformedReply("ms answered \(reply)") }
             let took = UInt64(max(0, Int64(L1Cache.monotonicNs()) - Int64(missAt)))
@@ -261,6 +300,7 @@ public final class L3Sync: Sendable {
                 count { $0.promoted += 1; $0.promotionNsTotal += took }
             } else if meta.code == "NS" {
                 count { $0.promotionsRaced += 1 }
+                promotions.withLock { _ = $0.removeValue(forKey: key) } // no store event will follow
             } else {
                 throw MemcacheError.malformedReply("ms answered \(meta.code)")
             }

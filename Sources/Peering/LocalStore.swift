@@ -47,6 +47,23 @@ public protocol LocalStore: Sendable {
     func store(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, mode: StoreMode,
                compareCAS: UInt64?) -> StoreOutcome
     func delete(_ key: [UInt8], compareCAS: UInt64?) -> DeleteOutcome
+    /// A write ordered by `version` (`ms … E<version>`, sent by cxl-bmc peers writing through):
+    /// applied only if no newer write or delete of the key is held; otherwise `.notStored`.
+    /// The default ignores the version (a plain set).
+    func storeVersioned(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> StoreOutcome
+    /// A delete ordered by `version` (`md … E<version>`): remembered, so an older write cannot
+    /// bring the key back. The default ignores the version.
+    func deleteVersioned(_ key: [UInt8], version: UInt64) -> DeleteOutcome
+}
+
+extension LocalStore {
+    public func storeVersioned(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> StoreOutcome {
+        store(key, value: value, flags: flags, ttl: ttl, mode: .set, compareCAS: nil)
+    }
+
+    public func deleteVersioned(_ key: [UInt8], version: UInt64) -> DeleteOutcome {
+        delete(key, compareCAS: nil)
+    }
 }
 
 /// memcached's expiry rule: 0 never, < 0 already expired, ≤ 30 days relative, else absolute.

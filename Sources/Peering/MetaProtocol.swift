@@ -307,19 +307,29 @@ enum MetaEncoder {
     }
 
     static func set(_ key: WireKey, value: [UInt8], flags: UInt32, ttl: Int, mode: StoreMode, compareCAS: UInt64?,
-                    opaque: String, into buffer: inout ByteBuffer) {
+                    version: UInt64? = nil, opaque: String, into buffer: inout ByteBuffer) {
         var parts = ["ms", key.token, String(value.count), "T\(ttl)", "F\(flags)", "c", "O" + opaque]
         if mode != .set { parts.append("M\(mode.rawValue)") }
         if let compareCAS { parts.append("C\(compareCAS)") }
+        if let version { parts.append("E\(version)") }
         if key.isBase64 { parts.append("b") }
         line(parts, into: &buffer)
         buffer.writeBytes(value)
         buffer.writeStaticString("\r\n")
     }
 
-    static func delete(_ key: WireKey, compareCAS: UInt64?, opaque: String, into buffer: inout ByteBuffer) {
+    static func delete(_ key: WireKey, compareCAS: UInt64?, version: UInt64? = nil, opaque: String,
+                       into buffer: inout ByteBuffer) {
         var parts = ["md", key.token, "O" + opaque]
         if let compareCAS { parts.append("C\(compareCAS)") }
+        if let version { parts.append("E\(version)") }
+        if key.isBase64 { parts.append("b") }
+        line(parts, into: &buffer)
+    }
+
+    /// `mg <key> T<ttl>`: updates the expiry, returns no value.
+    static func touch(_ key: WireKey, ttl: Int, opaque: String, into buffer: inout ByteBuffer) {
+        var parts = ["mg", key.token, "T\(ttl)", "O" + opaque]
         if key.isBase64 { parts.append("b") }
         line(parts, into: &buffer)
     }

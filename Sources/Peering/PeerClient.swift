@@ -150,16 +150,17 @@ public final class PeerClient: @unchecked Sendable {
         return result
     }
 
-    /// `ms <key> <len> T F c [M] [C]`.
+    /// `ms <key> <len> T F c [M] [C] [E]`. With `version` (a cxl-bmc peer writing through), a peer
+    /// holding a newer write or delete of the key answers `.notStored`.
     public func set(_ key: [UInt8], value: [UInt8], flags: UInt32 = 0, ttl: Int = 0, mode: StoreMode = .set,
-                    compareCAS: UInt64? = nil) async throws(PeerError) -> StoreOutcome {
+                    compareCAS: UInt64? = nil, version: UInt64? = nil) async throws(PeerError) -> StoreOutcome {
         let wire = try WireKey(key)
         guard value.count <= configuration.maxValueSize else {
             throw .valueTooLarge(size: value.count, limit: configuration.maxValueSize)
         }
         let response = try await wait(submit(batch: false) { buffer, id in
             MetaEncoder.set(wire, value: value, flags: flags, ttl: ttl, mode: mode, compareCAS: compareCAS,
-                            opaque: String(id), into: &buffer)
+                            version: version, opaque: String(id), into: &buffer)
         })[0]
         switch response.code {
         case "HD": return .stored(cas: response.flag("c").flatMap { UInt64($0) } ?? 0)
@@ -170,17 +171,31 @@ public final class PeerClient: @unchecked Sendable {
         }
     }
 
-    /// `md <key> [C]`.
-    public func delete(_ key: [UInt8], compareCAS: UInt64? = nil) async throws(PeerError) -> DeleteOutcome {
+    /// `md <key> [C] [E]`. With `version`, the peer remembers the delete so that an older write
+    /// cannot bring the key back.
+    public func delete(_ key: [UInt8], compareCAS: UInt64? = nil, version: UInt64? = nil) async throws(PeerError) -> DeleteOutcome {
         let wire = try WireKey(key)
         let response = try await wait(submit(batch: false) { buffer, id in
-            MetaEncoder.delete(wire, compareCAS: compareCAS, opaque: String(id), into: &buffer)
+            MetaEncoder.delete(wire, compareCAS: compareCAS, version: version, opaque: String(id), into: &buffer)
         })[0]
         switch response.code {
         case "HD": return .deleted
         case "NF": return .notFound
         case "EX": return .exists
         default: throw unexpected(response, for: "md")
+        }
+    }
+
+    /// `mg <key> T<ttl>`: sets the key's expiry; false when the peer does not hold it.
+    public func touch(_ key: [UInt8], ttl: Int) async throws(PeerError) -> Bool {
+        let wire = try WireKey(key)
+        let response = try await wait(submit(batch: false) { buffer, id in
+            MetaEncoder.touch(wire, ttl: ttl, opaque: String(id), into: &buffer)
+        })[0]
+        switch response.code {
+        case "HD": return true
+        case "EN": return false
+        default: throw unexpected(response, for: "mg T")
         }
     }
 

@@ -315,7 +315,7 @@ final class PeerServerHandler: ChannelInboundHandler {
                 line(["HD"] + flags, into: &out)
             }
         case .ms:
-            try allowOnly("bcCFkOqTM", request)
+            try allowOnly("bcCEFkOqTM", request)
             let ttl = try request.token("T").map { t throws(MetaFramingError) in try integer(t, "T") } ?? 0
             var flags: UInt32 = 0
             if let t = request.token("F") {
@@ -333,8 +333,16 @@ final class PeerServerHandler: ChannelInboundHandler {
                 }
                 mode = parsed
             }
-            let outcome = store.store(request.key, value: request.value ?? [], flags: flags, ttl: ttl, mode: mode,
+            let outcome: StoreOutcome
+            if let version = try versionFlag(request) {
+                // A peer writing through: ordered by version, never conditional.
+                guard mode == .set, cas == nil else { throw MetaFramingError("E cannot be combined with M or C") }
+                outcome = store.storeVersioned(request.key, value: request.value ?? [], flags: flags, ttl: ttl,
+                                               version: version)
+            } else {
+                outcome = store.store(request.key, value: request.value ?? [], flags: flags, ttl: ttl, mode: mode,
                                       compareCAS: cas)
+            }
             switch outcome {
             case .stored(let newCAS):
                 if !request.has("q") {
@@ -345,12 +353,19 @@ final class PeerServerHandler: ChannelInboundHandler {
             case .notFound: line(["NF"] + echoed(request), into: &out)
             }
         case .md:
-            try allowOnly("bCkOq", request)
+            try allowOnly("bCEkOq", request)
             let cas = try request.token("C").map { t throws(MetaFramingError) in
                 guard let c = UInt64(t) else { throw MetaFramingError("bad C flag") }
                 return c
             }
-            switch store.delete(request.key, compareCAS: cas) {
+            let outcome: DeleteOutcome
+            if let version = try versionFlag(request) {
+                guard cas == nil else { throw MetaFramingError("E cannot be combined with C") }
+                outcome = store.deleteVersioned(request.key, version: version)
+            } else {
+                outcome = store.delete(request.key, compareCAS: cas)
+            }
+            switch outcome {
             case .deleted: if !request.has("q") { line(["HD"] + echoed(request), into: &out) }
             case .notFound: if !request.has("q") { line(["NF"] + echoed(request), into: &out) }
             case .exists: line(["EX"] + echoed(request), into: &out)
@@ -365,6 +380,13 @@ final class PeerServerHandler: ChannelInboundHandler {
         if let opaque = request.token("O"), opaque.utf8.count > 32 {
             throw MetaFramingError("opaque token longer than 32 bytes")
         }
+    }
+
+    /// `E<version>`: the write's version (memcached's explicit-CAS flag), 1 ... 2^56-1.
+    private func versionFlag(_ request: MetaRequest) throws(MetaFramingError) -> UInt64? {
+        guard let token = request.token("E") else { return nil }
+        guard let version = UInt64(token), version > 0, version < 1 << 56 else { throw MetaFramingError("bad E flag") }
+        return version
     }
 
     private func integer(_ token: String, _ flag: String) throws(MetaFramingError) -> Int {

@@ -4,8 +4,10 @@ import Foundation
 import Loader
 import Logging
 import CXLTier
+import L3Cluster
 import L3Sync
 import MemcachedProbes
+import Peering
 import Synchronization
 
 #if canImport(Glibc)
@@ -91,8 +93,16 @@ struct Attach: ParsableCommand {
     @Option(name: .customLong("pool"), help: ArgumentHelp("With --memcached/--pid: keep L3 in this CXL pool (a file made by `cxl-bmc pool create`, e.g. in /dev/shm; or /dev/daxX.Y).", valueName: "PATH"))
     var pool: String?
 
-    @Option(name: .customLong("partition"), help: "The pool partition this host owns and writes (see `cxl-bmc pool inspect`).")
-    var partition = 0
+    @Option(name: .customLong("partition"), help: "Without --config: the pool partition this host owns and writes (see `cxl-bmc pool inspect`; default 0).")
+    var partition: Int?
+
+    @Option(
+        name: [.customShort("c"), .customLong("config")],
+        help: ArgumentHelp("With --pool: join the cluster this nodes.conf describes (see docs/Peering.md). This host writes the partition of the config's local_node_id, serves it to peers on that node's ADDR:PORT, reads peers' partitions in its CXL domain directly and the others over the network.", valueName: "PATH"))
+    var config: String?
+
+    @Option(name: [.customShort("r"), .customLong("replicate")], help: "With --config: how many nodes hold each key (default: the config's replicas=, else 1).")
+    var replicate: Int?
 
     @Option(
         name: .customLong("memcached-addr"),
@@ -114,7 +124,13 @@ struct Attach: ParsableCommand {
             throw ValidationError("L3 (--no-cxl, --pool) works from memcached's events: add --memcached PATH or --pid PID")
         }
         if noCXL && pool != nil { throw ValidationError("--no-cxl and --pool exclude each other") }
-        guard partition >= 0 else { throw ValidationError("--partition must be 0 or more") }
+        if let partition, partition < 0 { throw ValidationError("--partition must be 0 or more") }
+        if config != nil && pool == nil { throw ValidationError("--config needs --pool: the cluster's partitions live in a CXL pool") }
+        if config != nil && partition != nil {
+            throw ValidationError("--partition and --config exclude each other: with a config, this host writes its node's partition")
+        }
+        if replicate != nil && config == nil { throw ValidationError("--replicate needs --config") }
+        if let replicate, replicate < 1 { throw ValidationError("--replicate must be 1 or more") }
         if let metricsAddress, Events.hostPort(metricsAddress) == nil {
             throw ValidationError("--metrics wants ADDR:PORT, got \(metricsAddress)")
         }
@@ -170,8 +186,22 @@ struct Attach: ParsableCommand {
                     let place: String
                     if let pool {
                         let opened = pool.hasPrefix("/dev/dax") ? try Pool(region: DevDaxRegion(path: pool)) : try Pool(path: pool)
-                        store = try CXLTierStore(pool: opened, partition: partition)
-                        place = "pool \(pool), partition \(partition)"
+                        if let config {
+                            let cluster = try ClusterConfig.load(path: config)
+                            if let replicate, replicate > cluster.nodes.count {
+                                throw ValidationError("--replicate \(replicate): the cluster has \(cluster.nodes.count) nodes")
+                            }
+                            let node = try ClusterNode.start(config: cluster, pool: opened, replicas: replicate)
+                            daemon.cluster = node
+                            store = node.store
+                            let paths = node.store.members.values.sorted { $0.node.id < $1.node.id }
+                                .map { "node\($0.node.id) \($0.path.rawValue)" }.joined(separator: ", ")
+                            place = "pool \(pool), partition \(node.local.partition) of node\(cluster.localNodeID); cluster of \(cluster.nodes.count) nodes (\(paths)), \(node.store.replicas) cop\(node.store.replicas == 1 ? "y" : "ies") of each key; peers served on \(cluster.localNode.address)"
+                        } else {
+                            let partition = partition ?? 0
+                            store = try CXLTierStore(pool: opened, partition: partition)
+                            place = "pool \(pool), partition \(partition)"
+                        }
                     } else {
                         store = InMemoryL3Store()
                         place = "in memory (--no-cxl)"
@@ -240,6 +270,8 @@ final class Daemon: @unchecked Sendable {
     private var ticks = 0
     /// Set before ``run(_:)``.
     var metrics: MetricsExporter?
+    /// This host in the cluster (with --config); shut down after the probes.
+    var cluster: ClusterNode?
 
     init(keepPins: Bool, statsInterval: Int = 0) {
         self.keepPins = keepPins
@@ -319,9 +351,10 @@ final class Daemon: @unchecked Sendable {
         let l1 = try? cache.stats()
         let probeStats = probes.flatMap { try? $0.stats() }
         let l3 = sync?.snapshot
-        let status = DaemonStatus(pid: getpid(), interface: cache.interface.name, probes: probeStats, sync: l3)
+        let status = DaemonStatus(pid: getpid(), interface: cache.interface.name, probes: probeStats, sync: l3,
+                                  cluster: cluster.map { ($0.store.snapshot, $0.store.downNodes) })
         if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache, l1: l1, status: status) }
-        metrics?.update(l1: l1, probes: probeStats, l3: l3)
+        metrics?.update(l1: l1, probes: probeStats, l3: l3, cluster: cluster?.store.snapshot)
         if probes != nil {
             do { try status.write() } catch { logger.warning("could not publish the daemon's status: \(error)") }
         }
@@ -391,6 +424,12 @@ final class Daemon: @unchecked Sendable {
             sync.stop()
             let c = sync.snapshot
             print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted, \(c.dropped) dropped, \(c.failures) failures")
+        }
+        if let cluster {
+            // Writes still in flight to peers are waited for, then the peer port closes.
+            cluster.shutdown()
+            let c = cluster.store.snapshot
+            print("cluster: \(c.localHits) local, \(c.directHits) direct, \(c.remoteHits) remote hits; \(c.peerWrites) writes to peers, \(c.failoverWrites) failed over, \(c.peerErrors) peer errors; peer port closed")
         }
         finish()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import L3Cluster
 import L3Sync
 import MemcachedProbes
 
@@ -17,12 +18,16 @@ struct DaemonStatus: Codable, Equatable {
     var updatedUnix: Int64
     var events: [String: UInt64]
     var l3: [String: UInt64]?
+    /// With --config: lookups by access path, writes to peers, failovers, CXL bytes.
+    var cluster: [String: UInt64]?
+    var downNodes: [Int]?
 
     static let directory = "/run/cxl-bmc"
 
     static func path(interface: String) -> String { "\(directory)/\(interface).json" }
 
-    init(pid: Int32, interface: String, probes: MemcachedProbeStats?, sync: L3Sync.Counters?) {
+    init(pid: Int32, interface: String, probes: MemcachedProbeStats?, sync: L3Sync.Counters?,
+         cluster: (counters: ClusterL3Store.Counters, down: Set<Int>)? = nil) {
         self.pid = pid
         self.interface = interface
         updatedUnix = Int64(Date().timeIntervalSince1970)
@@ -40,9 +45,21 @@ struct DaemonStatus: Codable, Equatable {
                 "stores": c.stores, "deletes": c.deletes, "touches": c.touches, "deltas": c.deltas,
                 "flushes": c.flushes, "evictions_kept": c.evictionsKept, "misses": c.misses, "l3_hits": c.l3Hits,
                 "promoted": c.promoted, "promotions_raced": c.promotionsRaced, "fetched": c.fetched,
-                "dropped": c.dropped, "failures": c.failures, "resyncs": c.resyncs,
+                "dropped": c.dropped, "failures": c.failures, "resyncs": c.resyncs, "promotion_echoes": c.promotionEchoes,
                 "promotion_avg_us": c.promoted > 0 ? c.promotionNsTotal / c.promoted / 1000 : 0,
             ]
+        }
+        if let (c, down) = cluster {
+            self.cluster = [
+                "lookups": c.lookups, "local_hits": c.localHits, "direct_hits": c.directHits,
+                "remote_hits": c.remoteHits, "misses": c.misses, "local_writes": c.localWrites,
+                "peer_writes": c.peerWrites, "peer_writes_stale": c.peerWritesStale,
+                "failover_writes": c.failoverWrites, "writes_kept_locally": c.writesKeptLocally,
+                "peer_errors": c.peerErrors, "cxl_bytes_read": c.cxlBytesRead, "cxl_bytes_written": c.cxlBytesWritten,
+                "lookup_avg_ns": c.lookups > 0 ? c.lookupNsTotal / c.lookups : 0,
+                "lookup_p99_ns": c.lookupLatency(percentile: 0.99),
+            ]
+            downNodes = down.sorted()
         }
     }
 
@@ -78,6 +95,11 @@ struct DaemonStatus: Codable, Equatable {
         }
         if let l3 {
             out.append("  L3: \(l3["stores"] ?? 0) written through, \(l3["l3_hits"] ?? 0) misses answered, \(l3["promoted"] ?? 0) promoted (avg \(l3["promotion_avg_us"] ?? 0) µs), \(l3["promotions_raced"] ?? 0) raced, \(l3["dropped"] ?? 0) dropped, \(l3["failures"] ?? 0) failures, \(l3["resyncs"] ?? 0) resyncs")
+        }
+        if let c = cluster {
+            out.append("  L3 lookups: \(c["local_hits"] ?? 0) local, \(c["direct_hits"] ?? 0) direct, \(c["remote_hits"] ?? 0) remote hits, \(c["misses"] ?? 0) misses (avg \(c["lookup_avg_ns"] ?? 0) ns, p99 < \(c["lookup_p99_ns"] ?? 0) ns); CXL \(c["cxl_bytes_read"] ?? 0) B read, \(c["cxl_bytes_written"] ?? 0) B written")
+            let down = (downNodes ?? []).map { "node\($0)" }.joined(separator: ", ")
+            out.append("  peers: \(c["peer_writes"] ?? 0) writes acknowledged, \(c["failover_writes"] ?? 0) failed over, \(c["peer_errors"] ?? 0) errors; down: \(down.isEmpty ? "none" : down)")
         }
         return out
     }

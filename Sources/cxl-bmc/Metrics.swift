@@ -1,4 +1,5 @@
 import Foundation
+import L3Cluster
 import L3Sync
 import Loader
 import MemcachedProbes
@@ -47,7 +48,7 @@ final class MetricsExporter: @unchecked Sendable {
     }
 
     /// Brings every counter up to the sources' running totals.
-    func update(l1: L1Stats?, probes: MemcachedProbeStats?, l3: L3Sync.Counters?) {
+    func update(l1: L1Stats?, probes: MemcachedProbeStats?, l3: L3Sync.Counters?, cluster: ClusterL3Store.Counters? = nil) {
         lock.lock()
         defer { lock.unlock() }
         for c in l1?.counters ?? [] { add("cxlbmc_l1_\(c.key)_total", c.value, help: "L1: \(c.label)") }
@@ -69,6 +70,18 @@ final class MetricsExporter: @unchecked Sendable {
             add("cxlbmc_l3_dropped_total", c.dropped, help: "L3 jobs dropped: queue full")
             add("cxlbmc_l3_failures_total", c.failures, help: "L3 or memcached errors")
             add("cxlbmc_l3_resyncs_total", c.resyncs, help: "times L3 was emptied after lost events")
+        }
+        if let c = cluster {
+            add("cxlbmc_l3_lookups_total", c.lookups, help: "L3 lookups over the cluster")
+            add("cxlbmc_l3_local_hits_total", c.localHits, help: "L3 lookups answered from this host's partition")
+            add("cxlbmc_l3_direct_hits_total", c.directHits, help: "L3 lookups answered by a direct read of a peer's partition")
+            add("cxlbmc_l3_remote_hits_total", c.remoteHits, help: "L3 lookups answered by a peer over the network")
+            add("cxlbmc_l3_lookup_nanoseconds_total", c.lookupNsTotal, help: "sum of L3 lookup latencies, ns")
+            add("cxlbmc_l3_peer_writes_total", c.peerWrites, help: "writes acknowledged by a peer")
+            add("cxlbmc_l3_failover_writes_total", c.failoverWrites, help: "writes sent to another node because the key's node was down")
+            add("cxlbmc_l3_peer_errors_total", c.peerErrors, help: "failed requests to peers")
+            add("cxlbmc_cxl_bytes_read_total", c.cxlBytesRead, help: "bytes read from CXL memory by lookups")
+            add("cxlbmc_cxl_bytes_written_total", c.cxlBytesWritten, help: "bytes written to this host's CXL partition")
         }
     }
 

@@ -1,0 +1,87 @@
+import CXLTier
+import Foundation
+import L3Sync
+import Peering
+import Synchronization
+
+/// What this host's ``PeerServer`` serves: its own CXLTier partition. Peers writing through send
+/// versioned writes (`ms … E<version>`, `md … E<version>`), applied only when newer than what the
+/// partition holds, so writes arriving late or twice cannot undo newer ones. A plain
+/// meta-protocol client (no `E`) gets memcached's semantics, versioned by this host's clock.
+public final class PartitionPeerStore: LocalStore {
+    private let store: CXLTierStore
+    private let lastVersion = Mutex<UInt64>(0)
+
+    public init(store: CXLTierStore) { self.store = store }
+
+    /// Now in wall-clock µs, strictly increasing (the versions L3Sync hands out are of the same kind).
+    private func nextVersion() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let micros = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+        return lastVersion.withLock { last in
+            last = max(micros, last + 1)
+            return last
+        }
+    }
+
+    private func stored(_ item: L3Item) -> StoredItem {
+        StoredItem(value: item.value, flags: item.flags, expiresAt: Int(item.exptimeUnix), cas: item.version)
+    }
+
+    private func l3Item(value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> L3Item {
+        L3Item(value: value, flags: flags, exptimeUnix: Int64(expiryTime(ttl: ttl, now: currentUnixTime())),
+               version: version)
+    }
+
+    public func get(_ key: [UInt8], touchTTL: Int?) -> StoredItem? {
+        guard var item = (try? store.get(key: key)) ?? nil else { return nil }
+        if let touchTTL {
+            item.exptimeUnix = Int64(expiryTime(ttl: touchTTL, now: currentUnixTime()))
+            try? store.touch(key: key, exptimeUnix: item.exptimeUnix, version: item.version)
+        }
+        return stored(item)
+    }
+
+    public func storeVersioned(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> StoreOutcome {
+        let item = l3Item(value: value, flags: flags, ttl: ttl, version: version)
+        guard (try? store.putIfNewer(key: key, item: item)) == true else { return .notStored }
+        return .stored(cas: version)
+    }
+
+    public func deleteVersioned(_ key: [UInt8], version: UInt64) -> DeleteOutcome {
+        (try? store.deleteIfNewer(key: key, version: version)) == true ? .deleted : .notFound
+    }
+
+    public func store(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, mode: StoreMode,
+                      compareCAS: UInt64?) -> StoreOutcome {
+        store.withExclusiveAccess {
+            let existing = (try? store.get(key: key)) ?? nil
+            if let compareCAS {
+                guard let existing else { return .notFound }
+                guard existing.version == compareCAS else { return .exists }
+            }
+            var item = l3Item(value: value, flags: flags, ttl: ttl, version: nextVersion())
+            switch mode {
+            case .set: break
+            case .add: if existing != nil { return .notStored }
+            case .replace: if existing == nil { return .notStored }
+            case .append, .prepend:
+                guard let existing else { return .notStored }
+                item.value = mode == .append ? existing.value + value : value + existing.value
+                item.flags = existing.flags
+                item.exptimeUnix = existing.exptimeUnix
+            }
+            guard (try? store.putIfNewer(key: key, item: item)) == true else { return .notStored }
+            return .stored(cas: item.version)
+        }
+    }
+
+    public func delete(_ key: [UInt8], compareCAS: UInt64?) -> DeleteOutcome {
+        store.withExclusiveAccess {
+            guard let existing = (try? store.get(key: key)) ?? nil else { return .notFound }
+            if let compareCAS, existing.version != compareCAS { return .exists }
+            return (try? store.deleteIfNewer(key: key, version: nextVersion())) == true ? .deleted : .notFound
+        }
+    }
+}

@@ -1,0 +1,276 @@
+import CXLTier
+import Foundation
+import L3Sync
+import NIOCore
+import NIOPosix
+import Peering
+import Testing
+@testable import L3Cluster
+
+/// Several cluster nodes in this process, each with its own peer port on loopback and its own
+/// partition of a shared pool in /dev/shm (one CXL domain), or of a second pool (another domain).
+/// The same code the daemon runs with --config; no memcached, no root needed.
+@Suite("L3Cluster: access paths, replication, failover", .serialized)
+struct ClusterTests {
+    static let sliceSize = 8 << 20
+
+    /// A cluster of `domains.count` nodes: node i in domain `domains[i]`; nodes of one domain share a pool.
+    final class Cluster {
+        let directory: String
+        let domains: [String]
+        let ports: [Int]
+        var pools: [String: String] = [:]
+        var nodes: [ClusterNode?]
+        let configs: [ClusterConfig]
+
+        init(domains: [String], replicas: Int = 1) throws {
+            self.domains = domains
+            directory = NSTemporaryDirectory() + "l3cluster-\(getpid())-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            ports = try domains.map { _ in try freePort() }
+            let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(key.utf8),
+                                           attributes: [.posixPermissions: 0o600])
+            // Slices: within each domain's pool, the domain's nodes in order from offset 0.
+            var offsets: [String: Int] = [:]
+            var lines: [String] = []
+            var slices: [String: [SliceSpec]] = [:]
+            for (id, domain) in domains.enumerated() {
+                let base = offsets[domain, default: 0]
+                offsets[domain] = base + Self.sliceSizeFor
+                lines.append("node\(id)=127.0.0.1:\(ports[id]):\(base):\(Self.sliceSizeFor)")
+                lines.append("node\(id).domain=\(domain)")
+                slices[domain, default: []].append(SliceSpec(ownerNode: id, base: base, size: Self.sliceSizeFor))
+            }
+            for (domain, specs) in slices {
+                let path = "/dev/shm/l3cluster-\(getpid())-\(UUID().uuidString.prefix(8))-\(domain).pool"
+                _ = try Pool.create(path: path, size: offsets[domain]!, slices: specs)
+                pools[domain] = path
+            }
+            let base = directory
+            configs = try domains.indices.map { id in
+                let text = (["local_node_id=\(id)", "num_nodes=\(domains.count)", "psk_file=psk.key",
+                             "replicas=\(replicas)"] + lines).joined(separator: "\n") + "\n"
+                return try ClusterConfig.parse(text, source: "node\(id).conf", baseDirectory: base)
+            }
+            nodes = Array(repeating: nil, count: domains.count)
+            for id in domains.indices { try start(id) }
+            waitUntilAllUp()
+        }
+
+        /// Until every node's heartbeats have reached every other (a node started before its
+        /// peers first sees them down).
+        func waitUntilAllUp() {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < deadline, nodes.contains(where: { !($0?.store.downNodes.isEmpty ?? true) }) {
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            #expect(nodes.allSatisfy { $0?.store.downNodes.isEmpty ?? true }, "peers still down after 5 s")
+        }
+
+        static let sliceSizeFor = ClusterTests.sliceSize
+
+        func start(_ id: Int) throws {
+            let pool = try Pool(path: pools[domains[id]]!)
+            nodes[id] = try ClusterNode.start(config: configs[id], pool: pool)
+        }
+
+        func stop(_ id: Int) {
+            nodes[id]?.shutdown()
+            nodes[id] = nil
+        }
+
+        func store(_ id: Int) -> ClusterL3Store { nodes[id]!.store }
+
+        /// Every node's writes answered.
+        func drain() { for node in nodes.compactMap({ $0 }) { #expect(node.store.drain(timeout: .seconds(10))) } }
+
+        deinit {
+            for id in nodes.indices { stop(id) }
+            for path in pools.values { try? FileManager.default.removeItem(atPath: path) }
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    static func item(_ key: String, version: UInt64, flags: UInt32 = 7, exptime: Int64 = 0) -> L3Item {
+        L3Item(value: Array("value of \(key) at \(version) ".utf8) + (0..<UInt8(version % 200)).map { $0 },
+               flags: flags, exptimeUnix: exptime, version: version)
+    }
+
+    static func key(_ i: Int) -> [UInt8] { Array("key:\(i)".utf8) }
+
+    @Test("puts through any node are read byte-exact through every node; inside one CXL domain by direct reads")
+    func oneDomain() throws {
+        let cluster = try Cluster(domains: ["default", "default", "default"])
+        for i in 0..<300 {
+            try cluster.store(i % 3).put(key: Self.key(i), item: Self.item("key:\(i)", version: 1000 + UInt64(i)))
+        }
+        cluster.drain()
+        for reader in 0..<3 {
+            for i in 0..<300 {
+                let got = try cluster.store(reader).get(key: Self.key(i))
+                #expect(got == Self.item("key:\(i)", version: 1000 + UInt64(i)), "node \(reader), key:\(i)")
+            }
+            let c = cluster.store(reader).snapshot
+            #expect(c.localHits > 50 && c.directHits > 150, "node \(reader): \(c)")
+            #expect(c.remoteHits == 0 && c.misses == 0, "node \(reader): \(c)")
+        }
+        // Paths are decided per key: every home other than this host is a direct read here.
+        let store = cluster.store(0)
+        for i in 0..<50 {
+            let home = store.ring.owner(of: Self.key(i))!
+            #expect(store.homePath(of: Self.key(i)) == (home == 0 ? .local : .direct))
+        }
+    }
+
+    @Test("across CXL domains the network path serves, byte-exact")
+    func twoDomains() throws {
+        let cluster = try Cluster(domains: ["default", "default", "rackB"])
+        for i in 0..<200 {
+            try cluster.store(0).put(key: Self.key(i), item: Self.item("key:\(i)", version: 5000 + UInt64(i), exptime: 4_000_000_000))
+        }
+        cluster.drain()
+        for reader in [1, 2] {
+            for i in 0..<200 {
+                let got = try cluster.store(reader).get(key: Self.key(i))
+                #expect(got?.value == Self.item("key:\(i)", version: 5000 + UInt64(i)).value)
+                #expect(got?.version == 5000 + UInt64(i))
+                #expect(got?.flags == 7)
+                // TTL crosses the network as seconds left: within a second of the absolute time.
+                #expect(got.map { abs($0.exptimeUnix - 4_000_000_000) <= 1 } == true)
+            }
+        }
+        let b = cluster.store(2).snapshot
+        #expect(b.remoteHits > 0 && b.directHits == 0, "rackB node: \(b)")
+        let one = cluster.store(1).snapshot
+        #expect(one.remoteHits > 0 && one.directHits > 0, "node 1: \(one)")
+        #expect(cluster.store(0).members[2]?.path == .network)
+        #expect(cluster.store(2).members[0]?.path == .network)
+    }
+
+    @Test("a dead owner's keys stay readable by direct reads, writes fail over, and after it rejoins no read is older than an acknowledged write")
+    func failover() throws {
+        let cluster = try Cluster(domains: ["default", "default", "default"])
+        let keys = (0..<300).map(Self.key)
+        for (i, key) in keys.enumerated() {
+            try cluster.store(0).put(key: key, item: Self.item("key:\(i)", version: 100 + UInt64(i)))
+        }
+        cluster.drain()
+        let ring = cluster.store(0).ring
+        let homedOn1 = keys.indices.filter { ring.owner(of: keys[$0]) == 1 }
+        #expect(homedOn1.count > 50)
+
+        cluster.stop(1)
+        // Still readable: node 1's partition is in the shared pool.
+        for i in homedOn1 {
+            #expect(try cluster.store(2).get(key: keys[i])?.version == 100 + UInt64(i))
+        }
+        #expect(cluster.store(2).snapshot.directHits >= UInt64(homedOn1.count))
+        // New writes and deletes of node 1's keys, through node 0: acknowledged by another node.
+        var latest: [Int: UInt64?] = [:]
+        for i in homedOn1 {
+            if i % 4 == 0 {
+                try cluster.store(0).delete(key: keys[i], version: 10_000 + UInt64(i))
+                latest[i] = .some(nil)
+            } else {
+                try cluster.store(0).put(key: keys[i], item: Self.item("key:\(i)", version: 10_000 + UInt64(i)))
+                latest[i] = 10_000 + UInt64(i)
+            }
+        }
+        cluster.drain()
+        #expect(cluster.store(0).snapshot.failoverWrites >= UInt64(homedOn1.count))
+        #expect(cluster.store(0).downNodes.contains(1))
+        for reader in [0, 2] {
+            for i in homedOn1 {
+                #expect(try cluster.store(reader).get(key: keys[i])?.version == latest[i]!, "node \(reader), key:\(i)")
+            }
+        }
+
+        // Rejoin: its partition still holds the old versions; reads must not return them.
+        try cluster.start(1)
+        cluster.waitUntilAllUp()
+        for reader in 0..<3 {
+            for i in homedOn1 {
+                #expect(try cluster.store(reader).get(key: keys[i])?.version == latest[i]!, "after rejoin: node \(reader), key:\(i)")
+            }
+        }
+        // And writes go to node 1 again; a delayed older write changes nothing.
+        let probe = homedOn1[1]
+        try cluster.store(2).put(key: keys[probe], item: Self.item("k", version: 50_000))
+        try cluster.store(2).put(key: keys[probe], item: Self.item("k", version: 40_000))
+        cluster.drain()
+        #expect(cluster.store(2).snapshot.peerWritesStale >= 1)
+        #expect(try cluster.store(0).get(key: keys[probe])?.version == 50_000)
+    }
+
+    @Test("replication: r copies on distinct nodes; with r = 2 every key survives one partition's loss of it")
+    func replication() throws {
+        let cluster = try Cluster(domains: ["default", "default", "default"], replicas: 2)
+        let keys = (0..<100).map(Self.key)
+        for (i, key) in keys.enumerated() {
+            try cluster.store(i % 3).put(key: key, item: Self.item("key:\(i)", version: 700 + UInt64(i)))
+        }
+        cluster.drain()
+        // Read each partition on its own: every key is in exactly its two owners' partitions.
+        let pool = try Pool(path: cluster.pools["default"]!)
+        let readers = try (0..<3).map { id in try pool.reader(partition: pool.partitions.first { $0.ownerNode == id }!.id) }
+        for (i, key) in keys.enumerated() {
+            let owners = Set(cluster.store(0).ring.owners(of: key, replicas: 2))
+            for id in 0..<3 {
+                let held = readers[id].get(key)
+                #expect((held != nil) == owners.contains(id), "key:\(i) on node \(id)")
+            }
+        }
+    }
+
+    @Test("flush_all on one host hides older items in every partition of the domain")
+    func flushIsDomainWide() throws {
+        let cluster = try Cluster(domains: ["default", "default"])
+        for i in 0..<40 { try cluster.store(i % 2).put(key: Self.key(i), item: Self.item("key:\(i)", version: 100 + UInt64(i))) }
+        cluster.drain()
+        try cluster.store(0).flush(versionsBefore: 120, effectiveUnix: 0)
+        for reader in 0..<2 {
+            for i in 0..<40 {
+                let got = try cluster.store(reader).get(key: Self.key(i))
+                #expect((got == nil) == (100 + i < 120), "node \(reader) key:\(i)")
+            }
+        }
+    }
+
+    @Test("versioned peer writes: an older E<version> is refused, a delete is remembered")
+    func versionedPeerWrites() async throws {
+        let cluster = try Cluster(domains: ["default", "rackB"])
+        let config = cluster.configs[0]
+        let peer = config.node(1)!
+        let psk = try PreSharedKey.load(path: config.pskFile!)
+        let client = PeerClient(address: peer.address,
+                                configuration: .init(localNodeID: 0, peerNodeID: 1, psk: psk),
+                                eventLoop: NIOSingletons.posixEventLoopGroup.next())
+        defer { Task { await client.shutdown() } }
+        let key = Array("versioned".utf8)
+        #expect(try await client.set(key, value: Array("new".utf8), version: 2000) == .stored(cas: 2000))
+        #expect(try await client.set(key, value: Array("old".utf8), version: 1000) == .notStored)
+        #expect(try await client.get(key)?.value == Array("new".utf8))
+        #expect(try await client.delete(key, version: 3000) == .deleted)
+        #expect(try await client.set(key, value: Array("late".utf8), version: 2500) == .notStored)
+        #expect(try await client.get(key) == nil)
+        // A plain meta client (no E) still gets memcached's semantics.
+        #expect(try await client.set(Array("plain".utf8), value: Array("a".utf8), mode: StoreMode.add) != StoreOutcome.notStored)
+        #expect(try await client.set(Array("plain".utf8), value: Array("b".utf8), mode: StoreMode.add) == StoreOutcome.notStored)
+    }
+}
+
+/// A TCP port nobody listens on right now (bind to 0, read it back, close).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw CocoaError(.fileWriteUnknown) }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
