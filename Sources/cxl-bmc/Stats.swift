@@ -15,7 +15,7 @@ struct Stats: ParsableCommand {
     @Argument(help: "The interface; all attached interfaces if omitted.")
     var interface: String?
 
-    @Flag(help: "Print JSON: one object per sample, interface -> counter -> value (plus \"events\" and \"l3\" objects when attach runs the uprobes).")
+    @Flag(help: "Print JSON: one object per sample, interface -> counter -> value (plus \"events\" and \"l3\" objects when attach runs the uprobes, and \"cluster\" and \"down_nodes\" with --config).")
     var json = false
 
     @Option(help: ArgumentHelp("Print a sample every SEC seconds until interrupted.", valueName: "SEC"))
@@ -86,6 +86,10 @@ struct Stats: ParsableCommand {
                 fields += ",\"events\":{\(events)}"
                 if let l3 = daemon.l3 {
                     fields += ",\"l3\":{" + l3.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+                }
+                if let cluster = daemon.cluster {
+                    fields += ",\"cluster\":{" + cluster.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+                    fields += ",\"down_nodes\":[" + (daemon.downNodes ?? []).map(String.init).joined(separator: ",") + "]"
                 }
             }
             return "\(jsonString(name)):{\(fields)}"
