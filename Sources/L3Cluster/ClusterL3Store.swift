@@ -31,8 +31,8 @@ public enum AccessPath: String, Sendable, Codable, CaseIterable {
 /// is skipped until its heartbeat answers again.
 ///
 /// Writes to peers are sent asynchronously, pipelined on one connection per peer (so a write and
-/// a later delete of a key arrive in order; versions order them anyway), at most
-/// `maxWritesInFlight` at a time: beyond that the caller waits (back-pressure), never drops.
+/// a later delete of a key arrive in order; versions order them anyway), as many in flight as the
+/// peer's client queues less a reserve: beyond that the caller waits (back-pressure), never drops.
 public final class ClusterL3Store: L3Store, @unchecked Sendable {
     public struct Counters: Sendable, Equatable, Codable {
         public var lookups: UInt64 = 0
@@ -79,6 +79,20 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         public let partition: Int?
         let reader: PartitionReader?
         let client: PeerClient?
+        /// Bounds this peer's writes in flight: a burst waits here (back-pressure) rather than in
+        /// the peer's queue, where every request's timeout runs and a heartbeat would wait behind it.
+        let writeSlots: DispatchSemaphore?
+
+        init(node: NodeConfig, path: AccessPath, partition: Int?, reader: PartitionReader?, client: PeerClient?) {
+            self.node = node
+            self.path = path
+            self.partition = partition
+            self.reader = reader
+            self.client = client
+            writeSlots = client.map { DispatchSemaphore(value: max(1, min(Member.maxWritesInFlight, $0.configuration.maxInFlight / 2))) }
+        }
+
+        static let maxWritesInFlight = 128
     }
 
     public let config: ClusterConfig
@@ -91,14 +105,13 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     private let domainPartitions: [Int]
     private let counters = Mutex(Counters())
     private let down = Mutex<Set<NodeID>>([])
-    private let writeSlots: DispatchSemaphore
     private let logger: Logger
     private let heartbeatStop = Atomic<Bool>(false)
 
     /// `pool`: the shared pool holding this host's partition (and its domain's); `clients`: one
     /// per peer (every node but this one).
     public init(config: ClusterConfig, pool: Pool, local: CXLTierStore, clients: [NodeID: PeerClient],
-                replicas: Int? = nil, maxWritesInFlight: Int = 4096,
+                replicas: Int? = nil,
                 logger: Logger = Logger(label: "cxl-bmc.cluster")) throws(ClusterSetupError) {
         self.config = config
         self.ring = HashRing(config: config)
@@ -106,7 +119,6 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         self.local = local
         self.pool = pool
         self.logger = logger
-        self.writeSlots = DispatchSemaphore(value: maxWritesInFlight)
         let me = config.localNode
         var members: [NodeID: Member] = [:]
         var domainPartitions: [Int] = []
@@ -230,7 +242,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                 case .failure(let error):
                     count { $0.peerErrors += 1 }
                     logger.debug("read of a key from node \(id) failed: \(error)")
-                    mark(id, up: false)
+                    if Self.meansDown(error) { mark(id, up: false) }
                 }
             }
         }
@@ -321,13 +333,13 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     /// Sends one write to a peer without waiting for it; if the peer fails, marks it down and
     /// sends the write to the next of `fallbacks` (this host's partition last).
     private func send(_ key: [UInt8], _ operation: Write, to id: NodeID, fallbacks: [NodeID]) {
-        guard let client = members[id]?.client else { return }
-        writeSlots.wait()
+        guard let member = members[id], let client = member.client, let slots = member.writeSlots else { return }
+        slots.wait()
         inFlight.add(1, ordering: .acquiringAndReleasing)
         Task { [self] in
             defer {
                 inFlight.subtract(1, ordering: .acquiringAndReleasing)
-                writeSlots.signal()
+                slots.signal()
             }
             do {
                 let stale: Bool
@@ -348,7 +360,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
             } catch {
                 count { $0.peerErrors += 1 }
                 logger.debug("write of a key to node \(id) failed: \(error)")
-                mark(id, up: false)
+                if Self.meansDown(error) { mark(id, up: false) }
                 let next = fallbacks.first(where: isUp) ?? config.localNodeID
                 count { $0.failoverWrites += 1 }
                 if next == config.localNodeID || members[next]?.client == nil {
@@ -359,6 +371,16 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                     send(key, operation, to: next, fallbacks: fallbacks.filter { $0 != next })
                 }
             }
+        }
+    }
+
+    /// Whether a failed request says the peer is unreachable (rather than that this one request
+    /// could not be sent, e.g. a value over the peer's limit).
+    static func meansDown(_ error: any Error) -> Bool {
+        switch error as? PeerError {
+        case .connectFailed, .unavailable, .timedOut, .connectionClosed, .authenticationFailed, .protocolViolation,
+             .peerError, .shutDown: true
+        case .badKey, .invalidKey, .valueTooLarge, .queueFull, nil: false
         }
     }
 

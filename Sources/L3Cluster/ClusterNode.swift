@@ -35,7 +35,9 @@ public final class ClusterNode: @unchecked Sendable {
                 var configuration = PeerClient.Configuration(localNodeID: config.localNodeID, peerNodeID: node.id,
                                                              psk: node.authenticates ? psk : nil)
                 configuration.connectTimeout = .milliseconds(300)
-                configuration.requestTimeout = .milliseconds(500)
+                // A request's timeout runs from when it is queued; writes are bounded by
+                // ClusterL3Store's per-peer slots, so this is a dead peer's cost, not a burst's.
+                configuration.requestTimeout = .seconds(1)
                 configuration.maxBackoff = .milliseconds(500)
                 clients[node.id] = PeerClient(address: node.address, configuration: configuration, eventLoop: group.next())
             }

@@ -114,6 +114,7 @@ struct ClusterTests {
             let c = cluster.store(reader).snapshot
             #expect(c.localHits > 50 && c.directHits > 150, "node \(reader): \(c)")
             #expect(c.remoteHits == 0 && c.misses == 0, "node \(reader): \(c)")
+            #expect(c.failoverWrites == 0 && c.peerErrors == 0 && c.peerWrites > 50, "all nodes up: \(c)")
         }
         // Paths are decided per key: every home other than this host is a direct read here.
         let store = cluster.store(0)
