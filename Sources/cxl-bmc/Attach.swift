@@ -50,6 +50,17 @@ struct Attach: ParsableCommand {
             published every second to /run/cxl-bmc/IFACE.json (read by `cxl-bmc stats`), \
             printed with --stats-interval, and served with --metrics. On exit L1 is detached \
             first, then the uprobes.
+
+            With --pool POOL --config nodes.conf this host joins a cluster: it writes its own \
+            partition of the pool (its node's slice; make the pool with `cxl-bmc pool create \
+            POOL --size SIZE --config nodes.conf`), serves it to peers on its node's ADDR:PORT \
+            (authenticated with the config's psk_file), and writes each key through to its home \
+            node(s) on the consistent-hash ring: in process, or sent to the peer. A lookup reads \
+            the key's partitions directly when they are in this host's CXL domain, over the \
+            network otherwise, and takes the newest version. A peer that stops answering is \
+            marked down and its keys' writes go to the next node until it answers again. On \
+            exit, writes still in flight to peers are waited for, then the peer port closes. \
+            See docs/Peering.md.
             """
     )
 
@@ -160,6 +171,14 @@ struct Attach: ParsableCommand {
                 daemon.metrics = try MetricsExporter(host: host, port: metricsPort)
                 print("metrics: http://\(daemon.metrics!.address)/metrics")
             }
+            // What can fail without touching the interface is done first: the config and the pool.
+            let cluster = try config.map { path in try ClusterConfig.load(path: path) }
+            if let replicate, let cluster, replicate > cluster.nodes.count {
+                throw ValidationError("--replicate \(replicate): the cluster has \(cluster.nodes.count) nodes")
+            }
+            let openedPool = try pool.map { path in
+                path.hasPrefix("/dev/dax") ? try Pool(region: DevDaxRegion(path: path)) : try Pool(path: path)
+            }
             let geometry = L1Geometry.forEntries(l1Entries)
             let cache = try L1Cache.attach(
                 interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
@@ -179,37 +198,40 @@ struct Attach: ParsableCommand {
                 print("uprobes: \(probes.probeCount) on \(probes.targets.binary) (\(probes.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
                 fflush(nil)
                 var sync: L3Sync?
-                if l3Wanted {
-                    let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
-                    nonisolated(unsafe) let counterSource = probes
-                    let store: any L3Store
-                    let place: String
-                    if let pool {
-                        let opened = pool.hasPrefix("/dev/dax") ? try Pool(region: DevDaxRegion(path: pool)) : try Pool(path: pool)
-                        if let config {
-                            let cluster = try ClusterConfig.load(path: config)
-                            if let replicate, replicate > cluster.nodes.count {
-                                throw ValidationError("--replicate \(replicate): the cluster has \(cluster.nodes.count) nodes")
+                do {
+                    if l3Wanted {
+                        let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
+                        nonisolated(unsafe) let counterSource = probes
+                        let store: any L3Store
+                        let place: String
+                        if let pool, let opened = openedPool {
+                            if let cluster {
+                                let node = try ClusterNode.start(config: cluster, pool: opened, replicas: replicate)
+                                daemon.cluster = node
+                                store = node.store
+                                let paths = node.store.members.values.sorted { $0.node.id < $1.node.id }
+                                    .map { "node\($0.node.id) \($0.path.rawValue)" }.joined(separator: ", ")
+                                place = "pool \(pool), partition \(node.local.partition) of node\(cluster.localNodeID); cluster of \(cluster.nodes.count) nodes (\(paths)), \(node.store.replicas) cop\(node.store.replicas == 1 ? "y" : "ies") of each key; peers served on \(cluster.localNode.address)"
+                            } else {
+                                let partition = partition ?? 0
+                                store = try CXLTierStore(pool: opened, partition: partition)
+                                place = "pool \(pool), partition \(partition)"
                             }
-                            let node = try ClusterNode.start(config: cluster, pool: opened, replicas: replicate)
-                            daemon.cluster = node
-                            store = node.store
-                            let paths = node.store.members.values.sorted { $0.node.id < $1.node.id }
-                                .map { "node\($0.node.id) \($0.path.rawValue)" }.joined(separator: ", ")
-                            place = "pool \(pool), partition \(node.local.partition) of node\(cluster.localNodeID); cluster of \(cluster.nodes.count) nodes (\(paths)), \(node.store.replicas) cop\(node.store.replicas == 1 ? "y" : "ies") of each key; peers served on \(cluster.localNode.address)"
                         } else {
-                            let partition = partition ?? 0
-                            store = try CXLTierStore(pool: opened, partition: partition)
-                            place = "pool \(pool), partition \(partition)"
+                            store = InMemoryL3Store()
+                            place = "in memory (--no-cxl)"
                         }
-                    } else {
-                        store = InMemoryL3Store()
-                        place = "in memory (--no-cxl)"
+                        sync = L3Sync(store: store, memcachedHost: host, port: tcpPort,
+                                      lostEvents: { try? counterSource.stats().lost })
+                        print("L3: \(place); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
+                        fflush(nil)
                     }
-                    sync = L3Sync(store: store, memcachedHost: host, port: tcpPort,
-                                  lostEvents: { try? counterSource.stats().lost })
-                    print("L3: \(place); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
-                    fflush(nil)
+                } catch {
+                    // Leave nothing attached behind a failed start.
+                    daemon.cluster?.shutdown()
+                    probes.detach()
+                    try? cache.detach(keepPins: keepPins)
+                    throw error
                 }
                 try daemon.attachProbes(probes, trace: trace, sync: sync)
             }

@@ -50,6 +50,35 @@ struct CLIErrorTests {
         #expect(both.status != 0 && both.stderr.contains("not both"), "\(both)")
     }
 
+    /// --config problems: a bad line is named with its number; a pool that has no partition for
+    /// this node is refused in one line, and nothing is left attached to the interface.
+    @Test func clusterConfigErrorsAreClearAndLeaveNothingAttached() throws {
+        try Privilege.require()
+        let cxlbmc = try Paths.product("cxl-bmc")
+        let directory = NSTemporaryDirectory() + "cxl-bmc-cli-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pool = "\(directory)/plain.pool"
+        #expect(try runProcess(cxlbmc, ["pool", "create", pool, "--size", "16M"]).status == 0)
+        let bad = "\(directory)/bad.conf"
+        FileManager.default.createFile(atPath: bad, contents: Data("local_node_id=0\nnum_nodes=1\nnode0=10.0.0.1:oops:0:0x1000000\n".utf8))
+        try Testbed.with { tb in
+            let attach = ["/usr/bin/nsenter", "--net=/run/netns/\(tb.serverNS)", cxlbmc, "attach", tb.serverIF,
+                          "--memcached", "/usr/bin/memcached", "--pool", pool, "--config"]
+            let r = try runProcess(attach[0], Array(attach.dropFirst()) + [bad])
+            Self.expectOneClearLine(r, mentioning: "bad.conf:3")
+            // Node 1's partition is not in a pool made without the config.
+            let other = "\(directory)/node1.conf"
+            FileManager.default.createFile(atPath: other, contents: Data(
+                "local_node_id=1\nnum_nodes=2\nnode0=127.0.0.1:1:0:0x800000\nnode1=127.0.0.1:2:0x800000:0x800000\n".utf8))
+            let missing = try runProcess(attach[0], Array(attach.dropFirst()) + [other])
+            #expect(missing.status != 0 && missing.stderr.contains("no partition owned by node 1"), "\(missing)")
+            #expect(!missing.stderr.contains("Fatal error"), "\(missing)")
+            #expect(try !L1EndToEndTests.xdpAttached(tb), "XDP left behind a failed start")
+            #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left behind a failed start")
+        }
+    }
+
     @Test func unknownInterfaceIsNamed() throws {
         try Privilege.require()
         let r = try runProcess(try Paths.product("cxl-bmc"), ["attach", "nosuch0"])
