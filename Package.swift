@@ -129,7 +129,7 @@ let package = Package(
         .executableTarget(
             name: "peering-bench",
             dependencies: [
-                "Peering",
+                "Peering", "L3Cluster", "L3Sync", "CXLTier",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -63,7 +63,7 @@ struct PeeringBench: AsyncParsableCommand {
         print("Client and server are in one process on \(sharedLoop ? "one event-loop thread" : "separate event-loop threads"), over loopback TCP; "
             + "each figure includes the async/await hop into the client's event loop. "
             + "With --veth, a second server runs in its own network namespace behind a veth pair. "
-            + "The direct-read (PGAS) path needs CXLTier and is not measured yet.\n")
+            + "The cluster lookups by access path (direct read vs network) follow the table.\n")
         print("| target | single get p50 | p99 | mean | 100-key multi-get (median) | 100 single gets, sequential (median) | ratio | 100 single gets, concurrent (median) |")
         print("|---|---|---|---|---|---|---|---|")
         let ours = try await measure(client: client)
@@ -100,6 +100,7 @@ struct PeeringBench: AsyncParsableCommand {
             }
         }
         print("\nratio = 100 sequential single gets ÷ one 100-key multi-get (higher is better for batching).")
+        AccessPathBench.report(lookups: gets, valueSize: valueSize)
         if !sharedLoop { try await clientGroup.shutdownGracefully() }
         try await serverGroup.shutdownGracefully()
     }
