@@ -175,6 +175,7 @@ def main():
     ap.add_argument("--l1-entries", type=int, default=65536, help="L1 size given to cxl-bmc attach")
     ap.add_argument("--sizes", default="64,1024")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "l1.md"))
+    ap.add_argument("--json-out", help="also write the medians (and the ratios) as JSON here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (BPF, network namespaces)")
@@ -214,6 +215,8 @@ def main():
         ratio += " (value floor)" if fv else " (END floor)"
         r["xdp_ns"], r["hit_ratio"] = l["xdp_ns"], l["hit_ratio"]
         fv_text = f"{fv['cpu_us']:.2f} µs" if fv else "n/a (could not grow the frame)"
+        r["share_vanilla_us"], r["share_cxl_us"], r["share_floor"] = share_v, share_l, "value" if fv else "END"
+        r["throughput_ratio"] = l["ops"] / max(1, v["ops"])
         lines.append(
             f"| {size} B | {v['ops']:.0f} | {l['ops']:.0f} | {l['ops'] / max(1, v['ops']):.2f} | {v['cpu_us']:.2f} µs "
             f"| {fe['cpu_us']:.2f} µs | {fv_text} | {l['cpu_us']:.2f} µs | {ratio} | {r['xdp_ns']:.0f} ({f['xdp_ns']:.0f}) | {r['hit_ratio']:.3f} |")
@@ -227,6 +230,11 @@ def main():
     with open(args.out, "w") as f:
         f.write("# L1 benchmark\n" + note + "\n" + table + "\n")
     print(table)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"params": {"rounds": args.rounds, "duration": args.duration, "keys": args.keys,
+                                  "inflight": args.inflight, "l1_entries": args.l1_entries},
+                       "sizes": {str(k): v for k, v in results.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
