@@ -8,7 +8,8 @@ pipelined TCP client) against both variants in the same run, interleaved rounds:
                                lost key is back, GET latency, hit ratio of the passes after it;
   d. uprobes  bench_uprobes.py memcached's SET rate with cxl-bmc's uprobes ÷ without.
 Then writes OUT/report.md (one table of ratios, absolute figures as context) and OUT/report.svg
-(drawn here, no plotting library needed), plus each part's own Markdown and JSON beside them.
+(drawn here, no plotting library needed), plus each part's own Markdown and JSON beside them
+(report-*.md, report-*.json).
 
   bench_report.py --build-dir .build/release [--quick] [--out docs/benchmarks] [--only l1,l3,uprobes]
 
@@ -17,6 +18,7 @@ Then writes OUT/report.md (one table of ratios, absolute figures as context) and
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,9 +126,15 @@ def svg(panels, title):
             if value is None:
                 out.append(f'<text x="{bx + bw / 2}" y="{y0 - 6}" text-anchor="middle" fill="#c00">never</text>')
             else:
-                h = max(1.0, min(1.0, value / ymax) * hmax)
+                if isinstance(ymax, tuple):  # ("log", low, high)
+                    _, lo, hi = ymax
+                    frac = math.log10(max(value, lo) / lo) / math.log10(hi / lo)
+                else:
+                    frac = value / ymax
+                h = max(1.0, min(1.0, frac) * hmax)
                 out.append(f'<rect x="{bx:.1f}" y="{y0 - h:.1f}" width="{bw:.1f}" height="{h:.1f}" fill="{color}"/>')
-                out.append(f'<text x="{bx + bw / 2:.1f}" y="{y0 - h - 5:.1f}" text-anchor="middle">{esc(text)}</text>')
+                size = 12 if len(bars) <= 2 else 10
+                out.append(f'<text x="{bx + bw / 2:.1f}" y="{y0 - h - 5:.1f}" text-anchor="middle" font-size="{size}">{esc(text)}</text>')
             for k, part in enumerate(label.split("\n")):
                 out.append(f'<text x="{bx + bw / 2:.1f}" y="{y0 + 15 + 13 * k}" text-anchor="middle" font-size="11">{esc(part)}</text>')
         out.append(f'<text x="{x0 + pw / 2 - 10}" y="{y0 + 62}" text-anchor="middle" font-size="11" fill="#555">{esc(note)}</text>')
@@ -143,20 +151,22 @@ def plot(l1, l3, up):
     if l1:
         r = l1["sizes"].get("64") or next(iter(l1["sizes"].values()))
         v, c = r["share_vanilla_us"], r["share_cxl_us"]
+        label = f"{c / v:.2f} ({v / c:.1f}× less)" if c > 0.05 else "≈ floor (noise)"
         panels.append(("a. server CPU per GET\n(64 B, vanilla = 1)",
-                       [("vanilla", 1.0, "1"), ("cxl-bmc", c / v, f"{c / v:.2f} ({v / c:.1f}× less)")], 1.2,
+                       [("vanilla", 1.0, "1"), ("cxl-bmc", max(0.0, c / v), label)], 1.2,
                        f"{v:.1f} µs vs {c:.1f} µs"))
         panels.append(("a. GET throughput\n(vanilla = 1)",
                        [("vanilla", 1.0, "1"), ("cxl-bmc", r["throughput_ratio"], f"{r['throughput_ratio']:.2f}")], 1.2,
                        "one client thread"))
     if l3:
         v, c = l3["summary"]["vanilla"], l3["summary"]["cxl-bmc"]
-        hit = v["hit_us"]
-        panels.append(("b. client latency (TCP GET),\nin vanilla hit GETs",
-                       [("hit", 1.0, "1"), ("hit", c["hit_us"] / hit, f"{c['hit_us'] / hit:.2f}"),
-                        ("lost\nkey →\nvalue", None if not v["recovered"] else v["time_to_hit_us"] / hit, "never"),
-                        ("lost\nkey →\nvalue", (c["time_to_hit_us"] or 0) / hit, f"{(c['time_to_hit_us'] or 0) / hit:.1f}")],
-                       max(2.0, (c["time_to_hit_us"] or 0) / hit * 1.15), f"hit {hit:.0f} µs; promotion {c['promotion_us']} µs"))
+        tth = c["time_to_hit_us"]
+        ms = lambda us: f"{us / 1000:.2f} ms" if us < 1000 else f"{us / 1000:.1f} ms"
+        panels.append(("b. client waits (TCP GET, ms,\nlog scale)",
+                       [("hit", v["hit_us"] / 1000, ms(v["hit_us"])), ("hit", c["hit_us"] / 1000, ms(c["hit_us"])),
+                        ("lost\nkey →\nvalue", None if not v["recovered"] else v["time_to_hit_us"] / 1000, "never"),
+                        ("lost\nkey →\nvalue", (tth or 0) / 1000, ms(tth or 0))],
+                       ("log", 0.01, 1000.0), f"promotion (daemon) {c['promotion_us'] / 1000:.1f} ms"))
         panels.append(("c. hit ratio after\nmemcached restarts",
                        [("pass 1", v["pass1"], f"{v['pass1']:.2f}"), ("pass 1", c["pass1"], f"{c['pass1']:.2f}"),
                         ("pass 2", v["pass2"], f"{v['pass2']:.2f}"), ("pass 2", c["pass2"], f"{c['pass2']:.2f}")],
@@ -174,39 +184,49 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     ap.add_argument("--quick", action="store_true", help="every part briefly: shows it works, not what it measures")
     ap.add_argument("--only", default="l1,l3,uprobes", help="parts to run (the others are left out of the report)")
+    ap.add_argument("--render-only", action="store_true", help="run nothing: write the report from the JSON files already in --out")
     args = ap.parse_args()
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not args.render_only:
         sys.exit("bench_report: needs root (BPF, network namespaces)")
     os.makedirs(args.out, exist_ok=True)
     params = QUICK if args.quick else FULL
     parts = args.only.split(",")
     py, bd = sys.executable, ["--build-dir", args.build_dir]
     took = {}
-    if "l1" in parts:
-        took["l1"] = run_part("a. L1", [py, f"{HERE}/bench_l1.py", *bd, *params["l1"], "--out", f"{args.out}/l1.md",
-                                        "--json-out", f"{args.out}/l1.json"])
-    if "l3" in parts:
-        took["l3"] = run_part("b./c. L3", [py, f"{HERE}/bench_l3.py", *bd, *params["l3"], "--json-out", f"{args.out}/l3.json"])
-    if "uprobes" in parts:
+    if args.render_only:
+        parts = [p for p in parts if os.path.exists(f"{args.out}/report-{p}.json")]
+    if "l1" in parts and not args.render_only:
+        took["l1"] = run_part("a. L1", [py, f"{HERE}/bench_l1.py", *bd, *params["l1"], "--out", f"{args.out}/report-l1.md",
+                                        "--json-out", f"{args.out}/report-l1.json"])
+    if "l3" in parts and not args.render_only:
+        took["l3"] = run_part("b./c. L3", [py, f"{HERE}/bench_l3.py", *bd, *params["l3"], "--json-out", f"{args.out}/report-l3.json"])
+    if "uprobes" in parts and not args.render_only:
         took["uprobes"] = run_part("d. uprobes", [py, f"{HERE}/bench_uprobes.py", *bd, *params["uprobes"],
-                                                  "--out", f"{args.out}/uprobes.md", "--json-out", f"{args.out}/uprobes.json"])
+                                                  "--out", f"{args.out}/report-uprobes.md", "--json-out", f"{args.out}/report-uprobes.json"])
 
     def load(name):
         if name not in parts:
             return None
-        with open(f"{args.out}/{name}.json") as f:
+        with open(f"{args.out}/report-{name}.json") as f:
             return json.load(f)
     l1, l3, up = load("l1"), load("l3"), load("uprobes")
 
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    load_avg = os.getloadavg()[0]
+    run = {"when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "load_avg": os.getloadavg()[0], "took": took}
+    if args.render_only and os.path.exists(f"{args.out}/report-run.json"):
+        with open(f"{args.out}/report-run.json") as f:
+            run = json.load(f)
+    else:
+        with open(f"{args.out}/report-run.json", "w") as f:
+            json.dump(run, f)
+    when, load_avg, took = run["when"], run["load_avg"], run["took"]
     lines = [
         "# Benchmark report: vanilla memcached vs memcached + cxl-bmc",
         "",
         f"{'**Quick run** (`make bench-quick`): every part briefly, figures only show that it works. ' if args.quick else ''}"
         f"Produced by `make bench{'-quick' if args.quick else ''}` (`kernel-scripts/bench_report.py`) on {os.uname().nodename} "
         f"({os.cpu_count()} CPUs, kernel {os.uname().release}, load average {load_avg:.1f} at the end), {when}; "
-        f"parts took {', '.join(f'{k} {v:.0f} s' for k, v in took.items())}. "
+        + (f"parts took {', '.join(f'{k} {v:.0f} s' for k, v in took.items())}. " if took else "")
+        + 
         "Each part runs both variants in the same run, with the same client, in interleaved rounds, and reports medians; "
         "the machine is shared and noisy, so read the **ratios**: absolute times are context.",
         "",
@@ -218,7 +238,7 @@ def main():
     ]
     if l1:
         p = l1["params"]
-        lines.append(f"- **a. L1** (`bench_l1.py`, details in [l1.md](l1.md)): a veth test bed, mc-load sending UDP GETs "
+        lines.append(f"- **a. L1** (`bench_l1.py`, details in [report-l1.md](report-l1.md)): a veth test bed, mc-load sending UDP GETs "
                      f"(Zipf 0.99 over {p['keys']} keys, {p['inflight']} in flight) for {p['duration']:g} s per phase, {p['rounds']} rounds. "
                      "CPU per GET is whole-machine busy time over replies; on veth XDP runs in the sender's softirq, so a bare XDP "
                      "program answering every GET without a lookup is measured in the same run and subtracted (the *floor*); "
@@ -235,7 +255,7 @@ def main():
                      f"c: `mc-load load` sends the same Zipf 0.99 sequence of {p['pass_requests']} UDP GETs twice (pass 1, then pass 2 "
                      f"once the promotions pass 1 triggered have settled); hit ratio = keys found ÷ keys asked. {p['rounds']} rounds.")
     if up:
-        lines.append(f"- **d. uprobes** (`bench_uprobes.py`, details in [uprobes.md](uprobes.md)): memcached on loopback, "
+        lines.append(f"- **d. uprobes** (`bench_uprobes.py`, details in [report-uprobes.md](report-uprobes.md)): memcached on loopback, "
                      f"{up['conns']} TCP connections pipelining {up['sets'] // up['conns']} SETs each, {up['rounds']} rounds alternating "
                      "without / with `cxl-bmc events --pid` (the probes attached, every event decoded).")
     text = "\n".join(lines) + "\n"
