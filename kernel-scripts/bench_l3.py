@@ -12,7 +12,7 @@ and "cxl-bmc" (`cxl-bmc attach IFACE --memcached /usr/bin/memcached --pool POOL`
   3. the host failure: memcached is killed (SIGKILL) and started again, empty; the pool survives;
   4. latency probe (`mc-load latency --until-hit-ms`): each lost key is GET once (a miss), once
      more right after, then with a growing pause (100 µs ×1.5, at most 2 ms) until its value comes
-     back or the limit passes;
+     back or the limit passes; keys are taken at random intervals (up to --gap-us);
   5. pass 1 and pass 2 over the working set: the same Zipf sequence of UDP GETs (`mc-load load
      --max-requests --seed`) twice, with the promotions pass 1 triggered settled in between.
 Reports, per variant, medians over rounds: hit ratios (before, pass 1, pass 2), GET latency of
@@ -151,7 +151,7 @@ def one_round(bed, args, variant):
         bed.mc_load("populate", "--keys", str(a.latency_keys), "--value-size", str(a.value_size), "--prefix", "l")
         r["hit_before"] = pre["verified"] / a.keys
         present = bed.mc_load("latency", "--count", str(a.latency_keys), "--value-size", str(a.value_size),
-                              "--prefix", "l", "--until-hit-ms", "0")
+                              "--prefix", "l", "--until-hit-ms", "0", "--gap-us", str(a.gap_us))
         r["hit_us"] = present["hit"].get("p50_us")
         if variant == "cxl-bmc":  # every write is in L3 before the failure
             need = a.keys + a.latency_keys
@@ -163,7 +163,7 @@ def one_round(bed, args, variant):
         time.sleep(0.3)
 
         lost = bed.mc_load("latency", "--count", str(a.latency_keys), "--value-size", str(a.value_size),
-                           "--prefix", "l", "--until-hit-ms", str(a.until_hit_ms))
+                           "--prefix", "l", "--until-hit-ms", str(a.until_hit_ms), "--gap-us", str(a.gap_us))
         r["miss_us"] = lost["miss"].get("p50_us")
         r["after_miss_us"] = lost["after_miss"].get("p50_us")
         r["after_miss_hit"] = lost["after_miss_hits"] / max(1, lost["miss"]["count"])
@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--latency-keys", type=int, default=100)
     ap.add_argument("--until-hit-ms", type=float, default=50)
+    ap.add_argument("--gap-us", type=int, default=25000,
+                    help="random pause between the latency probe's keys, up to this (longer than the daemon's 20 ms event poll)")
     ap.add_argument("--pool-size", default="256M")
     ap.add_argument("--json-out")
     args = ap.parse_args()

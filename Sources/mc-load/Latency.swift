@@ -34,7 +34,7 @@ struct Latency: ParsableCommand {
     @Option(help: "The longest pause between retries in microseconds.")
     var retryMaxUs: Double = 2000
 
-    @Option(help: "Microseconds to pause between keys, so each miss is handled alone.")
+    @Option(help: "Pause between keys, uniformly random up to this many microseconds: each miss is handled alone, at a time unrelated to the last one (a promoter that works in periodic batches would otherwise be met in phase).")
     var gapUs: Int = 1000
 
     @Flag(help: "Print a JSON object on the last line.")
@@ -123,7 +123,7 @@ struct Latency: ParsableCommand {
                     }
                 }
             }
-            if gapUs > 0 { usleep(UInt32(gapUs)) }
+            if gapUs > 0 { usleep(UInt32.random(in: 0...UInt32(gapUs))) }
         }
         let result = Result(server: client.server.description, keys: count, hit: Percentiles(hit), miss: Percentiles(miss),
                             afterMiss: Percentiles(afterMiss), afterMissHits: afterMissHits,
