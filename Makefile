@@ -34,7 +34,7 @@ demo: deps
 # One report, docs/benchmarks/report.md (+ report.svg): vanilla memcached vs memcached + cxl-bmc,
 # same client, same run, as ratios — L1 CPU per GET and throughput, L3 promotion and the latency a
 # client sees for a lost key, the hit ratio after memcached is killed and restarted, the uprobes'
-# SET-rate cost (kernel-scripts/bench_report.py; ~8 min on 2 cores). Then the L1 programs' own
+# SET-rate cost (kernel-scripts/bench_report.py; ~4-5 min on 2 cores, all of `make bench` ~10 min). Then the L1 programs' own
 # timings, peering and CXLTier, each in its own file.
 bench: deps
 	$(SWIFT) build -c release $(SWIFTPM_FLAGS)
