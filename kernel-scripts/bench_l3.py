@@ -125,7 +125,7 @@ def wait_settled(iface, timeout=60):
 def one_round(bed, args, variant):
     a = args
     bed.start_memcached()
-    attach = pool = None
+    attach = pool = attach_log = None
     try:
         if variant == "cxl-bmc":
             pool = f"/dev/shm/cxl-bmc-bench-{bed.name}.pool"
@@ -208,6 +208,9 @@ def one_round(bed, args, variant):
             bed.kill_memcached()
         if pool and os.path.exists(pool):
             os.unlink(pool)
+        if attach_log:
+            attach_log.close()
+            os.unlink(attach_log.name)
 
 
 def med(rows, key):
