@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--value-size", type=int, default=64)
     ap.add_argument("--out", default="docs/benchmarks/uprobes.md")
+    ap.add_argument("--json-out", help="also write the result as JSON here")
     a = ap.parse_args()
     cxl = os.path.join(a.build_dir, "cxl-bmc")
     port = free_port()
@@ -109,7 +110,11 @@ def main():
         print(text)
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
         with open(a.out, "w") as fh: fh.write(text)
-        print(json.dumps({"base": b, "probed": p, "ratio": ratio, "emitted": emitted, "lost": lost}))
+        summary = {"base": b, "probed": p, "ratio": ratio, "emitted": emitted, "lost": lost,
+                   "rounds": a.rounds, "sets": a.sets, "conns": a.conns}
+        print(json.dumps(summary))
+        if a.json_out:
+            with open(a.json_out, "w") as fh: json.dump(summary, fh)
     finally:
         mc.kill(); mc.wait()
 
