@@ -39,6 +39,8 @@ public final class L3Sync: Sendable {
         public var promotionNsTotal: UInt64 = 0
         /// Store events that were this daemon's own promotions (not written through again).
         public var promotionEchoes: UInt64 = 0
+        /// Misses of a key whose promotion was already queued (merged into it).
+        public var promotionsMerged: UInt64 = 0
     }
 
     private enum Job {
@@ -200,13 +202,28 @@ public final class L3Sync: Sendable {
         }
     }
 
+    /// Keys with a promotion queued: a burst of misses of one key (many clients, or a client
+    /// retrying) makes one promotion, not one per miss that would all but the first lose the race.
+    private let promotionsQueued = Mutex<Set<[UInt8]>>([])
+
     private func enqueue(_ job: Job) {
+        if case .promote(let key, _) = job {
+            guard promotionsQueued.withLock({ $0.insert(key).inserted }) else {
+                count { $0.promotionsMerged += 1 }
+                return
+            }
+        }
         let accepted = queue.withLock { q -> Bool in
             guard q.count < queueCapacity else { return false }
             q.append(job)
             return true
         }
-        if accepted { wake.signal() } else { count { $0.dropped += 1 } }
+        if accepted {
+            wake.signal()
+        } else {
+            if case .promote(let key, _) = job { promotionsQueued.withLock { _ = $0.remove(key) } }
+            count { $0.dropped += 1 }
+        }
     }
 
     /// Waits until every job queued so far is done (tests, shutdown).
@@ -281,6 +298,8 @@ public final class L3Sync: Sendable {
                 try store.put(key: event.key, item: item(event, value: value, flags: flags))
             }
         case .promote(let key, let missAt):
+            // From here on a new miss of the key queues a new promotion.
+            promotionsQueued.withLock { _ = $0.remove(key) }
             checkLostEvents()
             guard let hit = try store.get(key: key) else { return }
             count { $0.l3Hits += 1 }

@@ -46,6 +46,7 @@ struct DaemonStatus: Codable, Equatable {
                 "flushes": c.flushes, "evictions_kept": c.evictionsKept, "misses": c.misses, "l3_hits": c.l3Hits,
                 "promoted": c.promoted, "promotions_raced": c.promotionsRaced, "fetched": c.fetched,
                 "dropped": c.dropped, "failures": c.failures, "resyncs": c.resyncs, "promotion_echoes": c.promotionEchoes,
+                "promotions_merged": c.promotionsMerged,
                 "promotion_avg_us": c.promoted > 0 ? c.promotionNsTotal / c.promoted / 1000 : 0,
             ]
         }

@@ -286,7 +286,8 @@ static __always_inline void event_clock(struct mc_event *ev, struct mc_probe_con
 
 /* The consumer is woken only once this much is waiting (it also polls on a
  * short timer): a wake-up per event would cost memcached's thread more than
- * the event itself. */
+ * the event itself. A miss wakes it at once: a client is waiting for the
+ * promotion it may start (misses are few where the cache works). */
 #define MC_EVENTS_WAKEUP_BYTES (256 << 10)
 
 static __always_inline void event_send(struct mc_event *ev)
@@ -294,8 +295,9 @@ static __always_inline void event_send(struct mc_event *ev)
 	__u32 n = ev->inline_len;
 	if (n > MC_EVENT_VALUE_INLINE_MAX)
 		n = 0;
-	__u64 wake = bpf_ringbuf_query(&mc_events, BPF_RB_AVAIL_DATA) >= MC_EVENTS_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-												: BPF_RB_NO_WAKEUP;
+	__u64 wake = ev->kind == MC_EV_MISS || bpf_ringbuf_query(&mc_events, BPF_RB_AVAIL_DATA) >= MC_EVENTS_WAKEUP_BYTES
+			     ? BPF_RB_FORCE_WAKEUP
+			     : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&mc_events, ev, MC_EVENT_HEADER_LEN + n, wake) == 0) {
 		pstat(MC_PSTAT_EMITTED);
 		pstat(MC_PSTAT_KIND_BASE + ev->kind);
