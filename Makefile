@@ -8,7 +8,7 @@ SWIFT   ?= swift
 SCRATCH ?= .build
 SWIFTPM_FLAGS = --scratch-path $(SCRATCH)
 
-.PHONY: build test deps demo bench bench-quick bench-peering bench-tier fuzz clean
+.PHONY: build test deps demo bench bench-quick bench-peering bench-tier fuzz soak clean
 
 build:
 	$(SWIFT) build $(SWIFTPM_FLAGS)
@@ -71,6 +71,16 @@ FUZZ_PACKETS ?= 10000000
 fuzz:
 	$(SWIFT) build -c release $(SWIFTPM_FLAGS) --product l1-fuzz
 	$(SCRATCH)/release/l1-fuzz --seed $(FUZZ_SEED) --packets $(FUZZ_PACKETS)
+
+# Soak (docs/reliability.md): SOAK_SECONDS (default 600) of mixed load against memcached with cxl-bmc
+# fully attached (L1, uprobes, L3 in a pool) and the stale checker on; samples the daemon's RSS and
+# every BPF map's entry count. Exits non-zero unless 0 stale, 0 corrupt, 0 events lost, RSS flat and
+# maps bounded. A 60-second version runs inside `make test` (Tests/FaultTests).
+SOAK_SECONDS ?= 600
+soak: deps
+	$(SWIFT) build $(SWIFTPM_FLAGS) --product cxl-bmc
+	$(SWIFT) build $(SWIFTPM_FLAGS) --product mc-load
+	SOAK_SECONDS=$(SOAK_SECONDS) bash kernel-scripts/soak.sh $(SCRATCH)/debug
 
 clean:
 	rm -rf $(SCRATCH)

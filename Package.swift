@@ -114,6 +114,9 @@ let package = Package(
         ),
         .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
+        // Fault injection, the mini-soak and the threat model's checks (issue 7): the daemon, memcached
+        // and the pool killed, damaged or starved under load. Support/ is a copy of IntegrationTests'.
+        .testTarget(name: "FaultTests", dependencies: ["MemcacheClient", "CXLTier"]),
 
         // L3 across hosts: cluster config, placement (consistent hashing), and the
         // network transport (memcached meta protocol over TCP after a PSK handshake).

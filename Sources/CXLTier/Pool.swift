@@ -127,21 +127,21 @@ public final class Pool: @unchecked Sendable {
         }
         let version = base.u32(PH.formatVersion)
         guard version <= PoolFormat.version else { throw CXLTierError.newerFormat(found: version, supported: PoolFormat.version) }
-        guard version >= 1 else { throw CXLTierError.corrupt("pool header: format version 0") }
+        guard version >= 1 else { throw CXLTierError.corrupt("\(region.description): pool header: format version 0") }
         let count = Int(base.u32(PH.partitionCount))
         guard count >= 1, count <= PoolFormat.maxPartitions, base.u32(PH.tableOffset) == 64, base.u32(PH.tableEntrySize) == 64 else {
-            throw CXLTierError.corrupt("pool header: partition count \(count) or table geometry out of range")
+            throw CXLTierError.corrupt("\(region.description): pool header: partition count \(count) or table geometry out of range")
         }
         guard base.u32(PH.checksum) == Self.poolChecksum(base, count: count) else {
-            throw CXLTierError.corrupt("pool header at offset 0: checksum mismatch (run `cxl-bmc pool check --repair`)")
+            throw CXLTierError.corrupt("\(region.description): pool header at offset 0: checksum mismatch (run `cxl-bmc pool check --repair`)")
         }
         guard base.u64(PH.poolSize) == UInt64(region.size) else {
-            throw CXLTierError.corrupt("pool header says \(base.u64(PH.poolSize)) bytes, the region has \(region.size)")
+            throw CXLTierError.corrupt("\(region.description): pool header says \(base.u64(PH.poolSize)) bytes, the region has \(region.size) (truncated? `cxl-bmc pool check` shows the damage)")
         }
         createdAt = base.u64(PH.createdAt)
         bytesPerSlot = Int(base.u32(PH.bytesPerSlot))
         guard bytesPerSlot >= PoolFormat.line, bytesPerSlot <= Int(UInt16.max) else {
-            throw CXLTierError.corrupt("pool header: bytes per slot \(bytesPerSlot) out of range")
+            throw CXLTierError.corrupt("\(region.description): pool header: bytes per slot \(bytesPerSlot) out of range")
         }
         var geometries: [PartitionGeometry] = []
         for i in 0..<count {
@@ -149,7 +149,7 @@ public final class Pool: @unchecked Sendable {
             let offset = e.u64(TE.offset), size = e.u64(TE.size)
             guard e.u32(TE.partitionID) == UInt32(i), offset >= UInt64(PoolFormat.pageSize), offset % UInt64(PoolFormat.pageSize) == 0,
                   size <= UInt64(region.size), offset <= UInt64(region.size) - size else {
-                throw CXLTierError.corrupt("partition table entry \(i) at offset \(64 + 64 * i): out of range")
+                throw CXLTierError.corrupt("\(region.description): partition table entry \(i) at offset \(64 + 64 * i): out of range")
             }
             var g = try Self.validatePartition(base, index: i, offset: Int(offset), size: Int(size), ownerNode: Int(e.u32(TE.ownerNode)),
                                                poolSize: region.size, count: count, bytesPerSlot: bytesPerSlot, flush: flush)

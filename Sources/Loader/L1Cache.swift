@@ -259,8 +259,12 @@ public final class L1Cache {
         let configMap = try map(L1Names.configMap)
         guard var config = try configMap.lookup(UInt32(0), as: l1_config.self) else { return }
         config.realtime_offset_ns = Self.realtimeOffsetNs()
+        config.probe_lease = Self.probeLeaseNow()
         try configMap.update(UInt32(0), config)
     }
+
+    /// The lease value for now: CLOCK_MONOTONIC >> 20, as the XDP program compares it.
+    static func probeLeaseNow() -> UInt32 { UInt32(truncatingIfNeeded: monotonicNs() >> 20) }
 
     /// Whether ingress tracks memcached's writes itself (off once memcached's
     /// uprobes report them exactly: `L1_CFG_PROBE_WRITES`).
@@ -269,6 +273,8 @@ public final class L1Cache {
         guard var config = try configMap.lookup(UInt32(0), as: l1_config.self) else { return }
         if probes {
             config.flags |= UInt32(L1_CFG_PROBE_WRITES)
+            // Renewed by refreshClock() every second from here on; without it L1 stops answering.
+            config.probe_lease = Self.probeLeaseNow()
         } else {
             config.flags &= ~UInt32(L1_CFG_PROBE_WRITES)
         }

@@ -88,6 +88,9 @@ public struct UDPReplyAssembler: Sendable {
             throw .malformedReply("datagram of \(datagram.count) bytes has no frame header")
         }
         let id = header.requestID
+        // memcached 1.6 answers a multi-key GET whose every key misses with an empty datagram
+        // ("0 of 0", header only) before the one carrying END: nothing to assemble.
+        if header.total == 0 && header.sequence == 0 && datagram.count == MemcacheUDPHeader.size { return nil }
         guard header.total > 0, header.sequence < header.total else {
             partials[id] = nil
             throw .malformedReply("request \(id): datagram \(header.sequence) of \(header.total)")

@@ -38,7 +38,15 @@ public final class MemcachedProbes {
     }
 
     public static let objectName = "mc_probes"
-    public static let defaultRingBytes: UInt32 = 16 << 20
+    /// 16 MiB, or CXL_BMC_RING_BYTES (a power of two of at least 4096) when set: `attach` has no
+    /// ring-size option, and the fault tests flood a tiny ring through it.
+    public static let defaultRingBytes: UInt32 = {
+        if let text = getenv("CXL_BMC_RING_BYTES").map({ String(cString: $0) }), let bytes = UInt32(text),
+           bytes >= 4096, bytes & (bytes - 1) == 0 {
+            return bytes
+        }
+        return 16 << 20
+    }()
 
     public let targets: MemcachedTargets
     public let scope: Scope

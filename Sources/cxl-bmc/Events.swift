@@ -119,6 +119,7 @@ struct Events: ParsableCommand {
 
     func run() throws {
         try CLI.run {
+            try Privileges.check(for: "attach uprobes to memcached")
             signal(SIGPIPE, SIG_IGN)
             for s in [SIGINT, SIGTERM] { signal(s, { _ in eventsStopRequested = 1 }) }
             let l1Dir = l1.map { BPFFS.pinDirectory(for: $0, root: pins.pinRoot) }

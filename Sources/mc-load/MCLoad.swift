@@ -10,7 +10,7 @@ struct MCLoad: ParsableCommand {
             Every subcommand prints a summary; with --json the last line is one JSON object.
             Values written by populate are derived from the key, so load --validate checks them byte for byte.
             """,
-        subcommands: [Populate.self, Load.self, StaleCheck.self, Get.self, Raw.self, Latency.self]
+        subcommands: [Populate.self, Load.self, StaleCheck.self, Mixed.self, Get.self, Raw.self, Latency.self]
     )
 }
 

@@ -154,13 +154,18 @@ struct l1_conn {
 /* memcached's writes are reported by its uprobes (bpf/uprobe), which bump
  * mcache_wgen as memcached applies them: ingress skips write tracking. */
 #define L1_CFG_PROBE_WRITES 2
+/* With L1_CFG_PROBE_WRITES, the uprobes (held by the attach daemon) are the only write tracking: GETs
+ * are answered only while the daemon renews probe_lease (every second). A daemon killed with -9 takes
+ * its uprobes with it and leaves XDP attached; after this many units (~2.6 s) L1 answers nothing
+ * (and takes no tickets, so fills nothing) until a new attach flushes it. */
+#define L1_PROBE_LEASE_UNITS 2500u
 
 struct l1_config {
 	__u16 port;          /* memcached port, network order */
 	__u16 pad0;
 	__u32 flags;         /* L1_CFG_* */
 	__u32 set_mask;      /* number of sets - 1 (power of two) */
-	__u32 pad1;
+	__u32 probe_lease;   /* with L1_CFG_PROBE_WRITES: CLOCK_MONOTONIC >> 20 (~1.05 ms units) when the daemon last renewed it */
 	__u64 unknown_ttl_ns; /* cache keys of unknown TTL this long; 0 = never cache them */
 	__u64 hold_ns;        /* fills refused this long after a write is released */
 	__u64 noreply_hold_ns; /* ... and after a write that gets no reply */
@@ -198,6 +203,7 @@ struct l1_state {
 #define L1_STAT_RETRANSMIT 19       /* TCP retransmissions: all fills blocked briefly */
 #define L1_STAT_GLOBAL_BLOCK 20     /* writes L1 could not attribute to a key: all fills blocked briefly */
 #define L1_STAT_FILL_BUSY 21        /* fill skipped: no way free in the set */
+#define L1_STAT_PASS_NO_LEASE 22    /* uprobes in charge but the daemon's lease ran out: passed */
 #define L1_STAT_COUNT 32 /* a power of two: indices are masked */
 
 struct l1_stats {

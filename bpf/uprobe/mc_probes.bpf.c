@@ -238,8 +238,25 @@ static __always_inline void l1_flush(struct mc_probe_config *cfg)
 		return;
 	__u32 zero = 0;
 	struct l1_state *st = bpf_map_lookup_elem(&mcache_state, &zero);
-	if (st)
+	if (st) {
 		__sync_fetch_and_add(&st->epoch, 1);
+		/* This probe fires just before memcached stores settings.oldest_live;
+		 * settings.oldest_cas, which flushes the items stored in the last
+		 * second, is stored a few instructions later. A GET on another
+		 * worker thread in between still reads such an item, under a ticket
+		 * of the new epoch: refuse every fill until its reply has passed,
+		 * as the wire path does for a flush_all it sees (found by the soak). */
+		struct l1_config *l1 = bpf_map_lookup_elem(&mcache_config, &zero);
+		if (l1) {
+			__u64 hold = l1->inflight_max_ns > l1->noreply_hold_ns ? l1->inflight_max_ns : l1->noreply_hold_ns;
+			__u64 until = bpf_ktime_get_ns() + hold;
+			for (int i = 0; i < 8; i++) {
+				__u64 cur = st->blocked_until_ns;
+				if (cur >= until || __sync_val_compare_and_swap(&st->blocked_until_ns, cur, until) == cur)
+					break;
+			}
+		}
+	}
 	pstat(MC_PSTAT_L1_BUMPS);
 }
 

@@ -664,7 +664,14 @@ int xdp_mcache_get(struct xdp_md *ctx)
 	if (why == 0) {
 		/* The coarse clock lags by at most a tick; L1's deadlines already
 		 * end a second before memcached's. */
-		return handle_get(ctx, s, &pi, cfg, bpf_ktime_get_coarse_ns());
+		__u64 now = bpf_ktime_get_coarse_ns();
+		/* The uprobes alone invalidate, and they die with the daemon:
+		 * without its lease, nothing may be answered (nor filled). */
+		if (!wire_writes && (__u32)(now >> 20) - cfg->probe_lease > L1_PROBE_LEASE_UNITS) {
+			stat_inc(L1_STAT_PASS_NO_LEASE);
+			return XDP_PASS;
+		}
+		return handle_get(ctx, s, &pi, cfg, now);
 	}
 	stat_inc(why);
 	return wire_writes ? handle_udp_writes(s, &pi, cfg, bpf_ktime_get_ns()) : XDP_PASS;
