@@ -112,11 +112,13 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "IntegrationTests", dependencies: ["MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
+        // Processes, the netns test bed and mc-load's results, shared by the end-to-end test targets.
+        .target(name: "NetnsTestSupport", path: "Tests/NetnsTestSupport"),
+        .testTarget(name: "IntegrationTests", dependencies: ["NetnsTestSupport", "MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
         // Fault injection, the mini-soak and the threat model's checks (issue 7): the daemon, memcached
         // and the pool killed, damaged or starved under load. Support/ is a copy of IntegrationTests'.
-        .testTarget(name: "FaultTests", dependencies: ["MemcacheClient", "CXLTier"]),
+        .testTarget(name: "FaultTests", dependencies: ["NetnsTestSupport", "MemcacheClient", "CXLTier"]),
 
         // L3 across hosts: cluster config, placement (consistent hashing), and the
         // network transport (memcached meta protocol over TCP after a PSK handshake).

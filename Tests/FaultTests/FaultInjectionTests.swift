@@ -1,5 +1,6 @@
 import CXLTier
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// Faults injected under a fully attached cxl-bmc (L1 + uprobes + L3 in a pool) in the netns

@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// `make soak` for 60 seconds (kernel-scripts/soak.sh; SOAK_SECONDS overrides): mixed load with

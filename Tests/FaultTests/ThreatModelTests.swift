@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// The testable claims of docs/threat-model.md.

@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// What a user sees when cxl-bmc cannot work: one clear line on stderr and a non-zero exit,

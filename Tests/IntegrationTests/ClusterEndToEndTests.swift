@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// Two hosts (two test beds, their server namespaces joined by a link), Debian's memcached on

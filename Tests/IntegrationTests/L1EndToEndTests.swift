@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// cxl-bmc attached in front of Debian's memcached in the netns testbed: GETs answered by XDP,

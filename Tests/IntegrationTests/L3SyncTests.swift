@@ -1,5 +1,6 @@
 import CXLTier
 import Foundation
+@testable import NetnsTestSupport
 import L3Sync
 import Synchronization
 import MemcacheClient

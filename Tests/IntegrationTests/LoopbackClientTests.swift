@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import MemcacheClient
 import Testing
 

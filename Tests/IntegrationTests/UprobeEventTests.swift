@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Loader
 import MemcacheClient
 import MemcachedProbes

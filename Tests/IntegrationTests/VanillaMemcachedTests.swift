@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// Vanilla memcached in the netns testbed, driven by `mc-load` from the client namespace: the

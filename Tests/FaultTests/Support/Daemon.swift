@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import Testing
 
 /// `cxl-bmc attach` running in a testbed's server namespace, with its log.

@@ -1,4 +1,5 @@
 import Foundation
+@testable import NetnsTestSupport
 import MemcacheClient
 
 /// A memcached on 127.0.0.1 and ::1 for tests that need a real server but no privileges.

@@ -1,5 +1,7 @@
 import Foundation
-import Testing
+
+// What the netns end-to-end test targets (IntegrationTests, FaultTests) share: processes, the
+// test bed, mc-load's JSON results. Test targets import it with `@testable`.
 
 /// A failure of the test harness itself, with what went wrong.
 struct HarnessError: Error, CustomStringConvertible {
@@ -23,9 +25,9 @@ enum Privilege {
 
 /// Locations of the repository's scripts and of the build products next to the test binary.
 enum Paths {
-    /// Tests/FaultTests/Support/Processes.swift → the repository root.
+    /// Tests/NetnsTestSupport/Processes.swift → the repository root.
     static let repoRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     static let testbedScript = repoRoot.appendingPathComponent("kernel-scripts/testbed.sh").path
 
