@@ -177,7 +177,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
 
     /// Sends `mn` to every peer every `interval`; a peer that fails is marked down (its writes
     /// fail over), one that answers is up again.
-    public func startHeartbeats(interval: Duration = .milliseconds(250)) {
+    public func startHeartbeats(interval: TimeInterval = 0.25) {
         let peers = members.values.filter { $0.client != nil }
         Thread.detachNewThread { [self] in
             while !heartbeatStop.load(ordering: .acquiring) {
@@ -185,8 +185,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                     let ok = (try? blocking { try await member.client!.noop() }.get()) != nil
                     mark(member.node.id, up: ok)
                 }
-                Thread.sleep(forTimeInterval: Double(interval.components.seconds)
-                             + Double(interval.components.attoseconds) / 1e18)
+                Thread.sleep(forTimeInterval: interval)
             }
         }
     }
@@ -251,8 +250,8 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         if let best, let item = best.item, !item.isExpired(now: now), try !hiddenByFlush(item, now: now) {
             result = item
         }
-        let took = UInt64((ContinuousClock.now - started).components.attoseconds / 1_000_000_000
-                          + (ContinuousClock.now - started).components.seconds * 1_000_000_000)
+        let elapsed = (ContinuousClock.now - started).components
+        let took = UInt64(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
         count { c in
             c.lookups += 1
             c.lookupNsTotal += took

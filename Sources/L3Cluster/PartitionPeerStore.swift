@@ -2,7 +2,6 @@ import CXLTier
 import Foundation
 import L3Sync
 import Peering
-import Synchronization
 
 /// What this host's ``PeerServer`` serves: its own CXLTier partition. Peers writing through send
 /// versioned writes (`ms … E<version>`, `md … E<version>`), applied only when newer than what the
@@ -10,20 +9,10 @@ import Synchronization
 /// meta-protocol client (no `E`) gets memcached's semantics, versioned by this host's clock.
 public final class PartitionPeerStore: LocalStore {
     private let store: CXLTierStore
-    private let lastVersion = Mutex<UInt64>(0)
+    /// Versions for plain (un-versioned) clients' writes: of the same kind as L3Sync's.
+    private let versions = L3VersionClock()
 
     public init(store: CXLTierStore) { self.store = store }
-
-    /// Now in wall-clock µs, strictly increasing (the versions L3Sync hands out are of the same kind).
-    private func nextVersion() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        let micros = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-        return lastVersion.withLock { last in
-            last = max(micros, last + 1)
-            return last
-        }
-    }
 
     private func stored(_ item: L3Item) -> StoredItem {
         StoredItem(value: item.value, flags: item.flags, expiresAt: Int(item.exptimeUnix), cas: item.version)
@@ -61,7 +50,7 @@ public final class PartitionPeerStore: LocalStore {
                 guard let existing else { return .notFound }
                 guard existing.version == compareCAS else { return .exists }
             }
-            var item = l3Item(value: value, flags: flags, ttl: ttl, version: nextVersion())
+            var item = l3Item(value: value, flags: flags, ttl: ttl, version: versions.now())
             switch mode {
             case .set: break
             case .add: if existing != nil { return .notStored }
@@ -81,7 +70,7 @@ public final class PartitionPeerStore: LocalStore {
         store.withExclusiveAccess {
             guard let existing = (try? store.get(key: key)) ?? nil else { return .notFound }
             if let compareCAS, existing.version != compareCAS { return .exists }
-            return (try? store.deleteIfNewer(key: key, version: nextVersion())) == true ? .deleted : .notFound
+            return (try? store.deleteIfNewer(key: key, version: versions.now())) == true ? .deleted : .notFound
         }
     }
 }

@@ -106,3 +106,29 @@ public final class InMemoryL3Store: L3Store {
 
     public var count: Int { state.withLock { $0.items.count } }
 }
+
+/// Hands out L3 versions: wall-clock microseconds (so versions survive daemon restarts, and
+/// "stored before T" for flush_all is `version < T`; µs fit CXLTier's 56-bit versions), made
+/// strictly increasing per clock.
+public final class L3VersionClock: Sendable {
+    private let last = Mutex<UInt64>(0)
+
+    public init() {}
+
+    public static func wallClockMicros() -> UInt64 {
+        var real = timespec()
+        clock_gettime(CLOCK_REALTIME, &real)
+        return UInt64(real.tv_sec) * 1_000_000 + UInt64(real.tv_nsec) / 1000
+    }
+
+    /// `micros`, or just above the last version handed out if that is not below it.
+    public func next(atLeast micros: UInt64) -> UInt64 {
+        last.withLock { last in
+            last = max(micros, last + 1)
+            return last
+        }
+    }
+
+    /// The next version at the current wall-clock time.
+    public func now() -> UInt64 { next(atLeast: Self.wallClockMicros()) }
+}

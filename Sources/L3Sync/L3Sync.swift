@@ -109,7 +109,7 @@ public final class L3Sync: Sendable {
         }
         guard fresh else { return false }
         do {
-            try store.flush(versionsBefore: Self.wallClockMicros(), effectiveUnix: 0)
+            try store.flush(versionsBefore: L3VersionClock.wallClockMicros(), effectiveUnix: 0)
             count { $0.resyncs += 1 }
         } catch {
             count { $0.failures += 1 }
@@ -182,24 +182,11 @@ public final class L3Sync: Sendable {
     /// monotonic timestamps into wall-clock versions.
     private let realtimeOffsetNs = L1Cache.realtimeOffsetNs()
 
-    static func wallClockMicros() -> UInt64 {
-        var real = timespec()
-        clock_gettime(CLOCK_REALTIME, &real)
-        return UInt64(real.tv_sec) * 1_000_000 + UInt64(real.tv_nsec) / 1000
-    }
+    private let versions = L3VersionClock()
 
-    /// The last version handed out (consumer thread): versions strictly increase.
-    private let lastVersion = Mutex<UInt64>(0)
-
-    /// The event's wall-clock time in µs, made strictly increasing: its L3
-    /// version. (µs: CXLTier keeps 56-bit versions; wall clock: versions
-    /// survive daemon restarts.)
+    /// The event's wall-clock time in µs, made strictly increasing: its L3 version.
     private func version(_ event: MemcachedEvent) -> UInt64 {
-        let micros = UInt64(max(1, (Int64(event.timestampNs) + realtimeOffsetNs) / 1000))
-        return lastVersion.withLock { last in
-            last = max(micros, last + 1)
-            return last
-        }
+        versions.next(atLeast: UInt64(max(1, (Int64(event.timestampNs) + realtimeOffsetNs) / 1000)))
     }
 
     /// Keys with a promotion queued: a burst of misses of one key (many clients, or a client

@@ -79,16 +79,17 @@ struct Stats: ParsableCommand {
     }
 
     static func json(_ samples: [(String, L1Stats)]) -> String {
+        /// The daemon's counters (name → value) as one JSON object, keys sorted.
+        func object(_ counters: [String: UInt64]) -> String {
+            "{" + counters.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+        }
         let objects = samples.map { name, stats in
             var fields = stats.counters.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
             if let daemon = DaemonStatus.read(interface: name) {
-                let events = daemon.events.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
-                fields += ",\"events\":{\(events)}"
-                if let l3 = daemon.l3 {
-                    fields += ",\"l3\":{" + l3.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
-                }
+                fields += ",\"events\":" + object(daemon.events)
+                if let l3 = daemon.l3 { fields += ",\"l3\":" + object(l3) }
                 if let cluster = daemon.cluster {
-                    fields += ",\"cluster\":{" + cluster.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+                    fields += ",\"cluster\":" + object(cluster)
                     fields += ",\"down_nodes\":[" + (daemon.downNodes ?? []).map(String.init).joined(separator: ",") + "]"
                 }
             }
