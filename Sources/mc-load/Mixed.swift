@@ -63,7 +63,7 @@ struct Mixed: ParsableCommand {
     @Flag(help: "Print a JSON object on the last line.")
     var json = false
 
-    struct Result: Encodable {
+    struct Result: Encodable, MergeableResult {
         var command = "mixed"
         var server = ""
         var reads = 0
@@ -121,36 +121,18 @@ struct Mixed: ParsableCommand {
 
         let start = ContinuousClock.now
         let deadline = start + .seconds(fraction: duration)
-        let results = Mutex(total)
-        let failures = Mutex<[String]>([])
-        let done = DispatchGroup()
-        func spawn(_ name: String, _ body: @escaping @Sendable () throws -> Result) {
-            done.enter()
-            let thread = Thread {
-                do {
-                    let r = try body()
-                    results.withLock { $0.add(r) }
-                } catch {
-                    failures.withLock { $0.append("\(name): \(error)") }
-                }
-                done.leave()
-            }
-            thread.name = name
-            thread.start()
-        }
-        spawn("writer") { try writer.run(until: deadline) }
+        let threads = CheckerThreads(initial: total)
+        threads.spawn("writer") { try writer.run(until: deadline) }
         for r in 0..<readers {
             let readerSeed = seed &* 1000 &+ UInt64(r + 1)
-            spawn("reader \(r)") {
+            threads.spawn("reader \(r)") {
                 var reader = try MixedReader(config: config, table: table, seed: readerSeed)
                 return try reader.run(until: deadline)
             }
         }
-        done.wait()
-
-        total = results.withLock { $0 }
+        let errors: [String]
+        (total, errors) = threads.wait()
         total.seconds = (ContinuousClock.now - start).seconds
-        let errors = failures.withLock { $0 }
         var summary = [
             "mixed \(total.server): \(total.reads) reads (\(total.multigets) multi-gets), \(total.hits) values seen, \(total.misses) misses, \(total.timeouts) timeouts",
             "  writes: \(total.sets) sets (\(total.ttlSets) with TTL), \(total.deletes) deletes, \(total.touches) touches, \(total.incrs) incrs, \(total.flushes) flushes, \(total.writeErrors) failed, in \(String(format: "%.1f", total.seconds)) s",

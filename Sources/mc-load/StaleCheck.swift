@@ -44,7 +44,7 @@ struct StaleCheck: ParsableCommand {
     @Flag(help: "Print a JSON object on the last line.")
     var json = false
 
-    struct Result: Encodable {
+    struct Result: Encodable, MergeableResult {
         var command = "stale-check"
         var server: String
         var reads = 0
@@ -97,37 +97,18 @@ struct StaleCheck: ParsableCommand {
 
         let start = ContinuousClock.now
         let deadline = start + .seconds(fraction: duration)
-        let results = Mutex(total)
-        let failures = Mutex<[String]>([])
-        let done = DispatchGroup()
-
-        func spawn(_ name: String, _ body: @escaping @Sendable () throws -> Result) {
-            done.enter()
-            let thread = Thread {
-                do {
-                    let r = try body()
-                    results.withLock { $0.add(r) }
-                } catch {
-                    failures.withLock { $0.append("\(name): \(error)") }
-                }
-                done.leave()
-            }
-            thread.name = name
-            thread.start()
-        }
-        spawn("writer") { try writer.run(until: deadline) }
+        let threads = CheckerThreads(initial: total)
+        threads.spawn("writer") { try writer.run(until: deadline) }
         for r in 0..<readers {
-            spawn("reader \(r)") {
+            threads.spawn("reader \(r)") {
                 var reader = try Reader(config: config, acks: acks, seed: UInt64(r + 1))
                 return try reader.run(until: deadline)
             }
         }
-        done.wait()
-
-        total = results.withLock { $0 }
+        let errors: [String]
+        (total, errors) = threads.wait()
         total.server = server
         total.seconds = (ContinuousClock.now - start).seconds
-        let errors = failures.withLock { $0 }
         var summary = [
             "stale-check \(server): \(total.reads) reads, \(total.hits) values seen, \(total.misses) misses, \(total.timeouts) timeouts",
             "  \(total.writes) writes (\(total.writeErrors) failed) over \(keys) keys in \(String(format: "%.2f", total.seconds)) s",
@@ -293,5 +274,41 @@ private struct Reader {
                 note("stale '\(value.key)': got v\(version), v\(ack.version) was acknowledged \(age) before the GET")
             }
         }
+    }
+}
+
+/// A result a checker's threads each produce and that sums into one.
+protocol MergeableResult: Sendable {
+    mutating func add(_ other: Self)
+}
+
+/// Runs a checker's writer and readers on threads of their own and sums what they return:
+/// `spawn` each, then `wait()` for the total (starting from `initial`) and the errors, one per
+/// thread that threw, named.
+final class CheckerThreads<Result: MergeableResult>: Sendable {
+    private let results: Mutex<Result>
+    private let failures = Mutex<[String]>([])
+    private let done = DispatchGroup()
+
+    init(initial: Result) { results = Mutex(initial) }
+
+    func spawn(_ name: String, _ body: @escaping @Sendable () throws -> Result) {
+        done.enter()
+        let thread = Thread { [self] in
+            do {
+                let r = try body()
+                results.withLock { $0.add(r) }
+            } catch {
+                failures.withLock { $0.append("\(name): \(error)") }
+            }
+            done.leave()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    func wait() -> (total: Result, errors: [String]) {
+        done.wait()
+        return (results.withLock { $0 }, failures.withLock { $0 })
     }
 }
