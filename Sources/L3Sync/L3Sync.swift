@@ -13,6 +13,14 @@ import Synchronization
 /// ``apply(_:)`` runs on the event consumer's thread and never blocks on the
 /// network: fetches and promotions go to a bounded queue served by one
 /// worker with its own connection. A full queue drops the job and counts it.
+///
+/// A promotion is conditional on the probes' write sequences (`mc_write_seq`):
+/// it reads L3 only once L3 has applied every write memcached made to the
+/// key's slot, and after memcached's `HD` it checks that no other write
+/// reached the slot meanwhile; if one did and L3 changed (a delete of a key
+/// memcached no longer held, or a flush, landed between L3's read and the
+/// add), the promotion is undone with `md <key> C<its cas>`, which touches
+/// nothing a client wrote after it.
 public final class L3Sync: Sendable {
     public struct Counters: Sendable, Equatable {
         public var stores: UInt64 = 0
@@ -41,6 +49,28 @@ public final class L3Sync: Sendable {
         public var promotionEchoes: UInt64 = 0
         /// Misses of a key whose promotion was already queued (merged into it).
         public var promotionsMerged: UInt64 = 0
+        /// Deletes of keys memcached did not hold (L3 forgets them too).
+        public var deletesOfAbsentKeys: UInt64 = 0
+        /// Promotions skipped because L3 had not caught up with the key's writes in time.
+        public var promotionsDeferred: UInt64 = 0
+        /// Promotions undone: a delete or flush reached memcached between L3's read and the add.
+        public var promotionsUndone: UInt64 = 0
+        /// Promotion latencies (miss event → memcached's HD), log2 histogram of µs: bucket i counts
+        /// latencies in [2^(i-1), 2^i) µs (bucket 0: under 1 µs).
+        public var promotionLatencyLog2Us = [UInt64](repeating: 0, count: 32)
+
+        /// The latency under which `fraction` of the promotions completed (the bucket's upper bound), µs.
+        public func promotionLatencyPercentileUs(_ fraction: Double) -> UInt64? {
+            let total = promotionLatencyLog2Us.reduce(0, +)
+            guard total > 0 else { return nil }
+            let rank = UInt64((Double(total) * fraction).rounded(.up))
+            var seen: UInt64 = 0
+            for (i, n) in promotionLatencyLog2Us.enumerated() {
+                seen += n
+                if seen >= max(rank, 1) { return UInt64(1) << i }
+            }
+            return UInt64(1) << (promotionLatencyLog2Us.count - 1)
+        }
     }
 
     private enum Job {
@@ -63,12 +93,21 @@ public final class L3Sync: Sendable {
     private let lostEvents: @Sendable () -> UInt64?
     private let lostSeen = Mutex<UInt64>(0)
 
+    /// The probes' current count in a write-sequence slot (nil: unreadable); nil when there are no
+    /// probes (tests that feed events by hand): promotions are then unconditional.
+    public typealias WriteSequenceReader = @Sendable (_ slot: Int) -> UInt32?
+    private let writeSequence: WriteSequenceReader?
+    /// Per slot, the highest write sequence whose event L3 has applied.
+    private let applied = Mutex([UInt32](repeating: 0, count: MemcachedProbes.flushSequenceSlot + 1))
+
     /// `host`/`port`: memcached's TCP address, for fetches and promotions.
     /// `lostEvents`: the probes' count of events lost (ring buffer full).
+    /// `writeSequence`: the probes' write sequences (``MemcachedProbes/writeSequences()``).
     public init(store: any L3Store, memcachedHost host: String, port: UInt16, queueCapacity: Int = 65536,
-                lostEvents: @escaping @Sendable () -> UInt64? = { 0 }) {
+                lostEvents: @escaping @Sendable () -> UInt64? = { 0 }, writeSequence: WriteSequenceReader? = nil) {
         self.store = store
         self.lostEvents = lostEvents
+        self.writeSequence = writeSequence
         self.host = host
         self.port = port
         self.queueCapacity = queueCapacity
@@ -84,7 +123,7 @@ public final class L3Sync: Sendable {
 
     public var snapshot: Counters { counters.withLock { $0 } }
 
-    private func count(_ update: (inout Counters) -> Void) {
+    func count(_ update: (inout Counters) -> Void) {
         counters.withLock { (c: inout Counters) -> Void in update(&c) }
     }
 
@@ -131,9 +170,13 @@ public final class L3Sync: Sendable {
                     try store.put(key: event.key, item: item(event, value: value, flags: event.clientFlags))
                 } else {
                     enqueue(.fetch(event))
+                    return // applied once fetched
                 }
             case .delete:
-                count { $0.deletes += 1 }
+                count {
+                    $0.deletes += 1
+                    if event.deletedAbsentKey { $0.deletesOfAbsentKeys += 1 }
+                }
                 try store.delete(key: event.key, version: version(event))
             case .touch:
                 count { $0.touches += 1 }
@@ -149,6 +192,7 @@ public final class L3Sync: Sendable {
                     try store.put(key: event.key, item: updated)
                 } else {
                     enqueue(.fetch(event))
+                    return // applied once fetched
                 }
             case .flush:
                 count { $0.flushes += 1 }
@@ -169,8 +213,48 @@ public final class L3Sync: Sendable {
                 count { $0.misses += 1 }
                 enqueue(.promote(key: event.key, missAtNs: event.timestampNs))
             }
+            markApplied(event)
         } catch {
             count { $0.failures += 1 }
+        }
+    }
+
+    // MARK: Write sequences
+
+    private static func slot(of event: MemcachedEvent) -> Int {
+        event.kind == .flush ? MemcachedProbes.flushSequenceSlot : MemcachedProbes.writeSequenceSlot(of: event.key)
+    }
+
+    /// `a` is at or after `b` (sequence numbers wrap).
+    private static func reached(_ a: UInt32, _ b: UInt32) -> Bool { Int32(bitPattern: a &- b) >= 0 }
+
+    /// L3 now reflects this write (an event whose write L3 failed to take is never marked: its
+    /// slot stays behind, and promotions of its keys wait for a later write).
+    private func markApplied(_ event: MemcachedEvent) {
+        guard let seq = event.writeSeq else { return }
+        let slot = Self.slot(of: event)
+        applied.withLock { if !Self.reached($0[slot], seq) { $0[slot] = seq } }
+    }
+
+    /// The probes' counts for the key's slot and the flush slot now.
+    private func currentSequences(_ key: [UInt8]) -> (slot: Int, key: UInt32, flush: UInt32)? {
+        guard let read = writeSequence else { return nil }
+        let slot = MemcachedProbes.writeSequenceSlot(of: key)
+        guard let k = read(slot), let f = read(MemcachedProbes.flushSequenceSlot) else { return nil }
+        return (slot, k, f)
+    }
+
+    /// Waits (the consumer applies events every 20 ms at most) until L3 has applied the writes
+    /// counted in `seq`; false after `timeout`.
+    private func waitApplied(_ seq: (slot: Int, key: UInt32, flush: UInt32), timeout: Duration = .milliseconds(200)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let done = applied.withLock {
+                Self.reached($0[seq.slot], seq.key) && Self.reached($0[MemcachedProbes.flushSequenceSlot], seq.flush)
+            }
+            if done { return true }
+            if ContinuousClock.now >= deadline || stopped.load(ordering: .acquiring) { return false }
+            usleep(200)
         }
     }
 
@@ -278,16 +362,30 @@ public final class L3Sync: Sendable {
                 count { $0.fetched += 1 }
                 if event.kind == .store, isOwnPromotion(key: event.key, value: value, flags: full.clientFlags) {
                     count { $0.promotionEchoes += 1 }
+                    markApplied(event)
                     return
                 }
                 var flags = full.clientFlags
                 if event.kind == .delta, let old = try store.get(key: event.key) { flags = old.flags }
                 try store.put(key: event.key, item: item(event, value: value, flags: flags))
+                markApplied(event)
+            } else {
+                // Gone or superseded: a later event (delete, store) says what happened; until it
+                // is applied the key's slot stays behind, so no promotion trusts L3 for it.
             }
         case .promote(let key, let missAt):
             // From here on a new miss of the key queues a new promotion.
             promotionsQueued.withLock { _ = $0.remove(key) }
             checkLostEvents()
+            let before = currentSequences(key)
+            if let before, !waitApplied(before) {
+                count { $0.promotionsDeferred += 1 }
+                return
+            }
+            if writeSequence != nil && before == nil {
+                count { $0.promotionsDeferred += 1 }
+                return
+            }
             guard let hit = try store.get(key: key) else { return }
             count { $0.l3Hits += 1 }
             var flags = ["F\(hit.flags)", "ME"]
@@ -298,18 +396,58 @@ public final class L3Sync: Sendable {
             }
             let (name, encoded) = MemcachedValueFetcher.metaKey(key)
             if encoded { flags.append("b") }
+            if before != nil { flags.append("c") } // memcached's CAS of the added item, to undo it exactly
             remember(promotionOf: key, value: hit.value, flags: hit.flags)
             let reply = try client.request(.metaSet(name, value: hit.value, flags: flags))
             guard case .meta(let meta) = reply else { throw MemcacheError.malformedReply("ms answered \(reply)") }
             let took = UInt64(max(0, Int64(L1Cache.monotonicNs()) - Int64(missAt)))
             if meta.code == "HD" {
-                count { $0.promoted += 1; $0.promotionNsTotal += took }
+                if let before, try !promotionStands(key: key, name: name, encoded: encoded, hit: hit, before: before, reply: meta, client: client) {
+                    count { $0.promotionsUndone += 1 }
+                    return
+                }
+                let us = took / 1000
+                let bucket = us == 0 ? 0 : min(31, 64 - us.leadingZeroBitCount)
+                count {
+                    $0.promoted += 1
+                    $0.promotionNsTotal += took
+                    $0.promotionLatencyLog2Us[bucket] += 1
+                }
             } else if meta.code == "NS" {
                 count { $0.promotionsRaced += 1 }
                 promotions.withLock { _ = $0.removeValue(forKey: key) } // no store event will follow
             } else {
                 throw MemcacheError.malformedReply("ms answered \(meta.code)")
             }
+        }
+    }
+
+    /// After memcached added the promoted item: whether it may stay. Only our own add should have
+    /// reached the key's slot since `before` (and no flush); otherwise, once L3 has applied those
+    /// writes, the item stays only if L3 still holds the version promoted. Else it is deleted
+    /// with its CAS, so a client's write that landed after the add is left alone.
+    private func promotionStands(
+        key: [UInt8], name: String, encoded: Bool, hit: L3Item, before: (slot: Int, key: UInt32, flush: UInt32),
+        reply: MetaReply, client: MemcacheTCPClient
+    ) throws -> Bool {
+        guard let after = currentSequences(key) else { return try undo() }
+        if after.key == before.key &+ 1 && after.flush == before.flush { return true }
+        if after.flush == before.flush, waitApplied(after), let now = try store.get(key: key), now.version == hit.version {
+            return true // another key of the slot was written
+        }
+        return try undo()
+
+        func undo() throws -> Bool {
+            guard let casFlag = reply.flags.first(where: { $0.hasPrefix("c") }), let cas = UInt64(casFlag.dropFirst()) else {
+                throw MemcacheError.malformedReply("ms … c answered without its CAS: \(reply.flags)")
+            }
+            var flags = ["C\(cas)"]
+            if encoded { flags.append("b") }
+            let answer = try client.request(.metaDelete(name, flags: flags))
+            guard case .meta(let meta) = answer, ["HD", "EX", "NF"].contains(meta.code) else {
+                throw MemcacheError.malformedReply("md answered \(answer)")
+            }
+            return false
         }
     }
 }

@@ -67,11 +67,16 @@ public struct MemcachedEvent: Sendable, Equatable {
     public let value: [UInt8]?
     /// DELTA: the new value; FLUSH: its delay in seconds.
     public let number: UInt64
+    /// A write's number in its key's write-sequence slot (``MemcachedProbes/writeSequenceSlot(of:)``;
+    /// a flush: in the flush slot) after it; nil for misses and evictions.
+    public let writeSeq: UInt32?
 
     public var keyString: String { String(decoding: key, as: UTF8.self) }
     public var storeCommand: StoreCommand? { kind == .store ? StoreCommand(rawValue: command) : nil }
     public var missSource: MissSource? { kind == .miss ? MissSource(rawValue: command) : nil }
     public var isIncrement: Bool { kind == .delta && command == UInt8(MC_DELTA_INCR) }
+    /// A delete of a key memcached did not hold (it answered NOT_FOUND).
+    public var deletedAbsentKey: Bool { kind == .delete && command == UInt8(MC_DELETE_ABSENT) }
     /// The value is larger than an event carries (or chunked): fetch it from memcached.
     public var needsFetch: Bool { value == nil && (kind == .store || kind == .evict) }
 
@@ -106,13 +111,14 @@ public struct MemcachedEvent: Sendable, Equatable {
         valueLength = Int(field(\.value_len, UInt32.self))
         value = flags & UInt8(MC_EVF_VALUE_INLINE) != 0 ? Array(record[header..<(header + inline)]) : nil
         number = field(\.number, UInt64.self)
+        writeSeq = flags & UInt8(MC_EVF_WRITE_SEQ) != 0 ? field(\.write_seq, UInt32.self) : nil
     }
 
     /// Builds an event (tests, fetch results).
     public init(
         kind: Kind, command: UInt8 = 0, timestampNs: UInt64 = 0, pid: Int32 = 0, tid: Int32 = 0, key: [UInt8],
         clientFlags: UInt32 = 0, exptimeRelative: UInt32 = 0, exptimeUnix: Int64? = 0, memcachedNow: UInt32 = 0,
-        cas: UInt64? = nil, valueLength: Int = 0, value: [UInt8]? = nil, number: UInt64 = 0
+        cas: UInt64? = nil, valueLength: Int = 0, value: [UInt8]? = nil, number: UInt64 = 0, writeSeq: UInt32? = nil
     ) {
         self.kind = kind
         self.command = command
@@ -128,6 +134,7 @@ public struct MemcachedEvent: Sendable, Equatable {
         self.valueLength = valueLength
         self.value = value
         self.number = number
+        self.writeSeq = writeSeq
     }
 
     /// The event completed with what memcached returned for the key.
@@ -135,7 +142,8 @@ public struct MemcachedEvent: Sendable, Equatable {
         MemcachedEvent(
             kind: kind, command: command, timestampNs: timestampNs, pid: pid, tid: tid, key: key,
             clientFlags: clientFlags ?? self.clientFlags, exptimeRelative: exptimeRelative, exptimeUnix: exptimeUnix,
-            memcachedNow: memcachedNow, cas: cas ?? self.cas, valueLength: value.count, value: value, number: number)
+            memcachedNow: memcachedNow, cas: cas ?? self.cas, valueLength: value.count, value: value, number: number,
+            writeSeq: writeSeq)
     }
 
     /// One line for people, like memcached's `watch`.
@@ -145,6 +153,7 @@ public struct MemcachedEvent: Sendable, Equatable {
         case .store: parts.append(storeCommand?.description ?? "cmd=\(command)")
         case .miss: parts.append(missSource?.description ?? "src=\(command)")
         case .delta: parts.append(isIncrement ? "incr" : "decr")
+        case .delete where deletedAbsentKey: parts.append("absent")
         default: break
         }
         if kind != .flush { parts.append("key=\(Self.printable(key))") }

@@ -66,6 +66,8 @@ public final class MemcachedProbes {
         ("mc_touch_end", "item_touch", true),
         ("mc_delta_begin", "do_add_delta", false),
         ("mc_delta_end", "do_add_delta", true),
+        ("mc_lookup_begin", "item_get_locked", false),
+        ("mc_lookup_end", "item_get_locked", true),
     ]
 
     /// Resolves, loads and attaches. With `l1PinDirectory` the probes share
@@ -152,6 +154,22 @@ public final class MemcachedProbes {
         MemcachedEventReader(ring: try RingBuffer(map: object.map(named: String(cString: MC_MAP_EVENTS))))
     }
 
+    /// The probes' write-sequence counts (see ``writeSequenceSlot(of:)``): what L3Sync compares with
+    /// the events it has applied before it trusts L3 over memcached.
+    public func writeSequences() throws -> WriteSequences {
+        WriteSequences(map: try object.map(named: String(cString: MC_MAP_WRITE_SEQ)))
+    }
+
+    /// The write-sequence slot of a key: the probes' FNV-1a (bpf/include/mcache_hash.bpf.h) folded
+    /// to `MC_WRITE_SEQ_SLOTS`.
+    public static func writeSequenceSlot(of key: some Sequence<UInt8>) -> Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return Int((UInt32(truncatingIfNeeded: h) ^ UInt32(truncatingIfNeeded: h >> 32)) & (UInt32(MC_WRITE_SEQ_SLOTS) - 1))
+    }
+    /// The slot flush_all counts in.
+    public static let flushSequenceSlot = Int(MC_WRITE_SEQ_FLUSH)
+
     /// The probes' counters, summed over CPUs.
     public func stats() throws -> MemcachedProbeStats {
         let map = try object.map(named: String(cString: MC_MAP_PROBE_STATS))
@@ -181,6 +199,15 @@ public final class MemcachedProbes {
             throw MemcachedProbeError.notRunning(pid: pid)
         }
         return path
+    }
+}
+
+/// The probes' per-slot write counts (`mc_write_seq`), read live from the kernel.
+public struct WriteSequences: @unchecked Sendable {
+    let map: BPFMap
+    /// The count in one slot now; nil if the map cannot be read.
+    public func current(slot: Int) -> UInt32? {
+        try? map.lookup(UInt32(slot), as: UInt32.self)
     }
 }
 

@@ -37,7 +37,7 @@ public struct MemcachedTargets: Sendable {
 
     /// Functions whose entry (and return) carry a probe.
     public static let probedFunctions = [
-        "do_store_item", "item_get", "limited_get_locked", "item_touch", "do_add_delta",
+        "do_store_item", "item_get", "limited_get_locked", "item_touch", "do_add_delta", "item_get_locked",
     ]
     static let rdi: UInt8 = 7, rsi: UInt8 = 6
     /// Calls inside do_store_item that link the item it stores, and where the item is.

@@ -221,9 +221,21 @@ struct Attach: ParsableCommand {
                             store = InMemoryL3Store()
                             place = "in memory (--no-cxl)"
                         }
-                        sync = L3Sync(store: store, memcachedHost: host, port: tcpPort,
-                                      lostEvents: { try? counterSource.stats().lost })
+                        let sequences = try probes.writeSequences()
+                        let l3 = L3Sync(store: store, memcachedHost: host, port: tcpPort,
+                                        lostEvents: { try? counterSource.stats().lost },
+                                        writeSequence: { sequences.current(slot: $0) })
+                        sync = l3
                         print("L3: \(place); misses it can answer are promoted into memcached at \(host):\(tcpPort)")
+                        if let pool {
+                            // The pool outlived the last daemon: writes memcached took meanwhile are unknown.
+                            let record = MemcachedWriteRecord.path(
+                                pool: pool, partition: daemon.cluster?.local.partition ?? partition ?? 0)
+                            let outcome = try l3.reconcile(previous: MemcachedWriteRecord.load(from: record), host: host, port: tcpPort)
+                            unlink(record) // a daemon that dies without writing a new one leaves nothing to trust
+                            daemon.writeRecord = (record, host, tcpPort)
+                            print("L3: \(outcome)")
+                        }
                         fflush(nil)
                     }
                 } catch {
@@ -286,6 +298,11 @@ final class Daemon: @unchecked Sendable {
     private var sync: L3Sync?
     private var eventDrain: Thread?
     private let drainStop = StopFlag()
+    /// Signalled by the event thread once it has applied everything left in the ring.
+    private let drained = DispatchSemaphore(value: 0)
+    /// Where to record memcached's write counters when the probes stop (pool-backed L3), and
+    /// memcached's address: the next daemon on this pool trusts L3 only if they are unchanged.
+    var writeRecord: (path: String, host: String, port: UInt16)?
 
     /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
     private let statsInterval: Int
@@ -316,6 +333,7 @@ final class Daemon: @unchecked Sendable {
         self.probes = probes
         self.sync = sync
         let stopFlag = drainStop
+        let drained = drained
         let logger = logger
         // The reader and the probes' stats map are used by this thread alone
         // until it stops; detach happens after stopFlag is set.
@@ -340,6 +358,9 @@ final class Daemon: @unchecked Sendable {
                     lostSeen = lost
                 }
             }
+            // The probes are detached: apply what is still in the ring, so L3 has seen every write.
+            while let n = try? reader.poll(timeoutMs: 0, { event in sync?.apply(event) }), n > 0 {}
+            drained.signal()
         }
         thread.name = "cxl-bmc.events"
         thread.start()
@@ -437,15 +458,28 @@ final class Daemon: @unchecked Sendable {
         } catch {
             result = error
         }
+        // memcached's write counters while the probes still see every write: one that lands after
+        // this read changes them, and the next daemon on this pool resyncs L3.
+        let record = writeRecord.flatMap { try? MemcachedWriteRecord.read(host: $0.host, port: $0.port) }
         if let probes {
-            drainStop.set()
             probes.detach()
+            drainStop.set()
+            if drained.wait(timeout: .now() + 5) == .timedOut { logger.warning("memcached's last events were not all applied") }
             print("detached the uprobes from \(probes.targets.binary)")
         }
         if let sync {
+            // Recorded once every event is applied to L3 and the fetches they queued are done; after
+            // a failure nothing is recorded, so the next daemon on this pool does not trust L3.
+            if let path = writeRecord?.path, let record, sync.drain(timeout: .seconds(5)), sync.snapshot.failures == 0 {
+                do {
+                    try record.save(to: path)
+                } catch {
+                    logger.warning("could not record memcached's write counters (the next attach will resync L3): \(error)")
+                }
+            }
             sync.stop()
             let c = sync.snapshot
-            print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted, \(c.dropped) dropped, \(c.failures) failures")
+            print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted (\(c.promotionsUndone) undone, \(c.promotionsDeferred) deferred), \(c.dropped) dropped, \(c.failures) failures")
         }
         if let cluster {
             // Writes still in flight to peers are waited for, then the peer port closes.

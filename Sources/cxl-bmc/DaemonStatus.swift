@@ -46,8 +46,10 @@ struct DaemonStatus: Codable, Equatable {
                 "flushes": c.flushes, "evictions_kept": c.evictionsKept, "misses": c.misses, "l3_hits": c.l3Hits,
                 "promoted": c.promoted, "promotions_raced": c.promotionsRaced, "fetched": c.fetched,
                 "dropped": c.dropped, "failures": c.failures, "resyncs": c.resyncs, "promotion_echoes": c.promotionEchoes,
-                "promotions_merged": c.promotionsMerged,
+                "promotions_merged": c.promotionsMerged, "promotions_undone": c.promotionsUndone,
+                "promotions_deferred": c.promotionsDeferred, "deletes_of_absent_keys": c.deletesOfAbsentKeys,
                 "promotion_avg_us": c.promoted > 0 ? c.promotionNsTotal / c.promoted / 1000 : 0,
+                "promotion_p99_us": c.promotionLatencyPercentileUs(0.99) ?? 0,
             ]
         }
         if let (c, down) = cluster {
@@ -95,7 +97,7 @@ struct DaemonStatus: Codable, Equatable {
             out.append("  memcached events: \(kinds); \(events["emitted"] ?? 0) emitted, \(events["lost"] ?? 0) lost")
         }
         if let l3 {
-            out.append("  L3: \(l3["stores"] ?? 0) written through, \(l3["l3_hits"] ?? 0) misses answered, \(l3["promoted"] ?? 0) promoted (avg \(l3["promotion_avg_us"] ?? 0) µs), \(l3["promotions_raced"] ?? 0) raced, \(l3["dropped"] ?? 0) dropped, \(l3["failures"] ?? 0) failures, \(l3["resyncs"] ?? 0) resyncs")
+            out.append("  L3: \(l3["stores"] ?? 0) written through, \(l3["l3_hits"] ?? 0) misses answered, \(l3["promoted"] ?? 0) promoted (avg \(l3["promotion_avg_us"] ?? 0) µs, p99 ≤ \(l3["promotion_p99_us"] ?? 0) µs), \(l3["promotions_raced"] ?? 0) raced, \(l3["promotions_undone"] ?? 0) undone, \(l3["dropped"] ?? 0) dropped, \(l3["failures"] ?? 0) failures, \(l3["resyncs"] ?? 0) resyncs")
         }
         if let c = cluster {
             out.append("  L3 lookups: \(c["local_hits"] ?? 0) local, \(c["direct_hits"] ?? 0) direct, \(c["remote_hits"] ?? 0) remote hits, \(c["misses"] ?? 0) misses (avg \(c["lookup_avg_ns"] ?? 0) ns, p99 < \(c["lookup_p99_ns"] ?? 0) ns); CXL \(c["cxl_bytes_read"] ?? 0) B read, \(c["cxl_bytes_written"] ?? 0) B written")

@@ -16,6 +16,7 @@ final class MetricsExporter: @unchecked Sendable {
     private let registry = PrometheusCollectorRegistry()
     /// name → (counter, value already added): the sources are running totals.
     private var counters: [String: (Counter, UInt64)] = [:]
+    private var gauges: [String: Gauge] = [:]
     private let lock = NSLock()
     private let listener: Int32
     let address: String
@@ -67,6 +68,12 @@ final class MetricsExporter: @unchecked Sendable {
             add("cxlbmc_l3_promoted_total", c.promoted, help: "items promoted back into memcached")
             add("cxlbmc_l3_promotions_raced_total", c.promotionsRaced, help: "promotions refused: a newer write won")
             add("cxlbmc_l3_promotion_microseconds_total", c.promotionNsTotal / 1000, help: "sum of promotion latencies, µs")
+            add("cxlbmc_l3_promotions_undone_total", c.promotionsUndone, help: "promotions undone: a delete or flush reached memcached between L3's read and the add")
+            add("cxlbmc_l3_promotions_deferred_total", c.promotionsDeferred, help: "promotions skipped: L3 had not applied the key's latest writes in time")
+            add("cxlbmc_l3_deletes_of_absent_keys_total", c.deletesOfAbsentKeys, help: "deletes of keys memcached did not hold, applied to L3")
+            if let p99 = c.promotionLatencyPercentileUs(0.99) {
+                set("cxlbmc_l3_promotion_p99_microseconds", Double(p99), help: "p99 promotion latency (upper bound of its log2 bucket), µs")
+            }
             add("cxlbmc_l3_dropped_total", c.dropped, help: "L3 jobs dropped: queue full")
             add("cxlbmc_l3_failures_total", c.failures, help: "L3 or memcached errors")
             add("cxlbmc_l3_resyncs_total", c.resyncs, help: "times L3 was emptied after lost events")
@@ -77,12 +84,19 @@ final class MetricsExporter: @unchecked Sendable {
             add("cxlbmc_l3_direct_hits_total", c.directHits, help: "L3 lookups answered by a direct read of a peer's partition")
             add("cxlbmc_l3_remote_hits_total", c.remoteHits, help: "L3 lookups answered by a peer over the network")
             add("cxlbmc_l3_lookup_nanoseconds_total", c.lookupNsTotal, help: "sum of L3 lookup latencies, ns")
+            set("cxlbmc_l3_lookup_p99_nanoseconds", Double(c.lookupLatency(percentile: 0.99)), help: "p99 L3 lookup latency, ns")
             add("cxlbmc_l3_peer_writes_total", c.peerWrites, help: "writes acknowledged by a peer")
             add("cxlbmc_l3_failover_writes_total", c.failoverWrites, help: "writes sent to another node because the key's node was down")
             add("cxlbmc_l3_peer_errors_total", c.peerErrors, help: "failed requests to peers")
             add("cxlbmc_cxl_bytes_read_total", c.cxlBytesRead, help: "bytes read from CXL memory by lookups")
             add("cxlbmc_cxl_bytes_written_total", c.cxlBytesWritten, help: "bytes written to this host's CXL partition")
         }
+    }
+
+    private func set(_ name: String, _ value: Double, help: String) {
+        let gauge = gauges[name] ?? registry.makeGauge(name: name, help: help)
+        gauges[name] = gauge
+        gauge.set(value)
     }
 
     private func add(_ name: String, _ total: UInt64, help: String) {

@@ -1,3 +1,4 @@
+import CXLBMCABI
 import CXLTier
 import Foundation
 @testable import NetnsTestSupport
@@ -163,6 +164,145 @@ struct L3SyncTests {
             #expect(try c.flushAll() == .ok)
             try pump(probed, sync) { sync.snapshot.flushes == 1 }
             #expect(try store.get(key: Array("f1".utf8)) == nil)
+        }
+    }
+
+    /// A delete of a key memcached no longer holds (evicted, or lost in a restart) while L3 still
+    /// does: memcached answers NOT_FOUND, the probes report it, L3 forgets the key, and the next
+    /// GET's miss promotes nothing.
+    @Test(arguments: Backing.allCases)
+    func deleteOfAKeyOnlyL3HoldsIsNeverResurrected(backing: Backing) throws {
+        let (store, cleanup) = try backing.make()
+        defer { cleanup() }
+        try LoopbackMemcached.with { a in
+            let probed = try ProbedMemcached(server: a, binary: LoopbackMemcached.binary)
+            let sequences = try probed.probes.writeSequences()
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
+                              writeSequence: { sequences.current(slot: $0) })
+            defer { sync.stop() }
+            let key = Array("only-in-l3".utf8)
+            try store.put(key: key, item: L3Item(value: [7], flags: 0, exptimeUnix: 0,
+                                                 version: L3VersionClock.wallClockMicros()))
+            let c = try a.tcp()
+            #expect(try c.delete("only-in-l3") == .notFound)
+            try pump(probed, sync) { sync.snapshot.deletesOfAbsentKeys == 1 }
+            #expect(try store.get(key: key) == nil, "L3 forgot it")
+            #expect(try c.get("only-in-l3") == nil)
+            try pump(probed, sync) { sync.snapshot.misses >= 1 }
+            #expect(try c.get("only-in-l3") == nil, "not promoted back")
+            #expect(sync.snapshot.promoted == 0)
+        }
+    }
+
+    /// The promotion race, made deterministic with a write-sequence reader the test controls:
+    /// after memcached's HD the key's slot shows a write besides the promotion's own. If it was a
+    /// delete of the key (L3 changed), the added item is deleted again by its CAS; if it was
+    /// another key of the same slot (L3 unchanged), the promotion stands.
+    @Test(arguments: [true, false])
+    func promotionIsUndoneWhenADeleteSlipsIn(deleteSlipsIn: Bool) throws {
+        let store = InMemoryL3Store()
+        let key = Array("raced".utf8)
+        let slot = MemcachedProbes.writeSequenceSlot(of: key)
+        let neighbour = try #require((0..<2_000_000).lazy.map { Array("n\($0)".utf8) }
+            .first { MemcachedProbes.writeSequenceSlot(of: $0) == slot })
+        try store.put(key: key, item: L3Item(value: Array("old".utf8), flags: 3, exptimeUnix: 0, version: 10))
+        // The key's slot reads 0 before the promotion and 2 after it (its own add and one more).
+        let reads = Mutex(0)
+        let sequence: L3Sync.WriteSequenceReader = { s in
+            guard s == slot else { return 0 }
+            return reads.withLock { n in n += 1; return n == 1 ? 0 : 2 }
+        }
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port, writeSequence: sequence)
+            defer { sync.stop() }
+            let c = try a.tcp()
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: key))
+            // Once the add has landed, the slipped-in write's event arrives (the promotion waits for it).
+            let deadline = ContinuousClock.now + .seconds(2)
+            while try c.get("raced") == nil, ContinuousClock.now < deadline { usleep(500) }
+            if deleteSlipsIn {
+                sync.apply(MemcachedEvent(kind: .delete, command: UInt8(MC_DELETE_ABSENT), key: key, writeSeq: 2))
+            } else {
+                sync.apply(MemcachedEvent(kind: .store, command: 2, key: neighbour, value: [1], writeSeq: 2))
+            }
+            #expect(sync.drain())
+            let counts = sync.snapshot
+            if deleteSlipsIn {
+                #expect(try c.get("raced") == nil, "the promotion was undone")
+                #expect(counts.promotionsUndone == 1 && counts.promoted == 0)
+            } else {
+                #expect(try c.get("raced")?.data == Array("old".utf8), "the promotion stands")
+                #expect(counts.promotionsUndone == 0 && counts.promoted == 1)
+                #expect(counts.promotionLatencyPercentileUs(0.99) != nil)
+            }
+            #expect(counts.failures == 0)
+        }
+    }
+
+    /// A promotion waits until L3 has applied every write the probes counted in the key's slot;
+    /// when L3 never catches up it is skipped (deferred), never made from a stale L3.
+    @Test func promotionWaitsForL3ToCatchUp() throws {
+        let store = InMemoryL3Store()
+        let key = Array("behind".utf8)
+        try store.put(key: key, item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 10))
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port, writeSequence: { _ in 5 })
+            defer { sync.stop() }
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: key))
+            #expect(sync.drain())
+            let c = try a.tcp()
+            #expect(try c.get("behind") == nil)
+            #expect(sync.snapshot.promotionsDeferred == 1 && sync.snapshot.promoted == 0)
+        }
+    }
+
+    /// A pool that outlived its daemon: L3 is trusted only when memcached cannot have taken a
+    /// write nobody saw — it is not running, has never been written, or is the same process with
+    /// the same write counters the last daemon recorded when it stopped.
+    @Test func l3FoundAtAttachIsTrustedOnlyWhenNoWriteWentUnseen() throws {
+        let store = InMemoryL3Store()
+        let key = Array("kept".utf8)
+        func held() throws -> Bool { try store.get(key: key) != nil }
+        func reset() throws {
+            try store.put(key: key, item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: L3VersionClock.wallClockMicros()))
+        }
+        try reset()
+        let nobody = L3Sync(store: store, memcachedHost: "127.0.0.1", port: 1)
+        #expect(try nobody.reconcile(previous: nil, host: "127.0.0.1", port: 1) == .memcachedNotRunning)
+        nobody.stop()
+        #expect(try held())
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port)
+            defer { sync.stop() }
+            #expect(try sync.reconcile(previous: nil, host: "127.0.0.1", port: a.port) == .memcachedNeverWritten)
+            #expect(try held())
+            let c = try a.tcp()
+            #expect(try c.delete("kept") == .notFound) // a write (delete_misses) no daemon saw
+            guard case .resynced = try sync.reconcile(previous: nil, host: "127.0.0.1", port: a.port) else {
+                Issue.record("L3 trusted after an unseen write")
+                return
+            }
+            #expect(try !held() && sync.snapshot.resyncs == 1)
+            // The last daemon recorded memcached's counters when it stopped; nothing since.
+            usleep(2_000) // versions are µs: the item must postdate the flush
+            try reset()
+            let record = try #require(try MemcachedWriteRecord.read(host: "127.0.0.1", port: a.port))
+            #expect(record.pid == a.pid && record.writes["delete_misses"] == 1)
+            let path = MemcachedWriteRecord.path(pool: "/dev/shm/test pool", partition: 2,
+                                                 directory: NSTemporaryDirectory() + "cxl-bmc-\(getpid())")
+            #expect(path.hasSuffix("/l3-writes/_dev_shm_test_pool-p2.json"))
+            try record.save(to: path)
+            defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+            let loaded = MemcachedWriteRecord.load(from: path)
+            #expect(loaded == record)
+            #expect(try sync.reconcile(previous: loaded, host: "127.0.0.1", port: a.port) == .noWritesSinceLastDaemon)
+            #expect(try held())
+            #expect(try c.set("other", [2]) == .stored)
+            guard case .resynced = try sync.reconcile(previous: loaded, host: "127.0.0.1", port: a.port) else {
+                Issue.record("L3 trusted after a set no daemon saw")
+                return
+            }
+            #expect(try !held())
         }
     }
 }

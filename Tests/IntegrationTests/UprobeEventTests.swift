@@ -171,8 +171,22 @@ struct UprobeEventTests {
 
             #expect(try c.delete("alpha") == .deleted)
             let delete = try probed.next(.delete, "alpha")
-            #expect(delete.kind == .delete)
+            #expect(delete.kind == .delete && !delete.deletedAbsentKey)
+            // A delete of a key memcached does not hold: L3 may hold it, so it is reported too.
             #expect(try c.delete("alpha") == .notFound)
+            let absent = try probed.next(.delete, "alpha")
+            #expect(absent.deletedAbsentKey)
+            // Every write counts in its key's write-sequence slot: the second delete follows the first.
+            let slot = MemcachedProbes.writeSequenceSlot(of: Array("alpha".utf8))
+            #expect(delete.writeSeq != nil && absent.writeSeq == delete.writeSeq.map { $0 &+ 1 })
+            #expect(try probed.probes.writeSequences().current(slot: slot) == absent.writeSeq)
+            #expect(miss.writeSeq == nil, "a miss writes nothing")
+            // A GET through limited_get_locked (mg with N) that misses is a miss, not a delete.
+            let lockedMark = probed.mark
+            _ = try c.request(.metaGet("locked-miss", flags: ["v", "N30"]))
+            _ = try probed.next(.miss, "locked-miss")
+            _ = try probed.settle(since: lockedMark)
+            #expect(!probed.events[lockedMark...].contains { $0.kind == .delete })
 
             #expect(try c.request(.flushAll(delay: 5)) == .ok)
             let delayed = try probed.collect { $0.contains { $0.kind == .flush } }.first { $0.kind == .flush }
@@ -180,6 +194,9 @@ struct UprobeEventTests {
             #expect(try c.flushAll() == .ok)
             let immediate = try probed.collect { $0.contains { $0.kind == .flush } }.first { $0.kind == .flush }
             #expect(immediate?.number == 0)
+            #expect(delayed?.writeSeq != nil && immediate?.writeSeq == delayed?.writeSeq.map { $0 &+ 1 },
+                    "flushes count in their own slot")
+            #expect(try probed.probes.writeSequences().current(slot: MemcachedProbes.flushSequenceSlot) == immediate?.writeSeq)
 
             let stats = try probed.probes.stats()
             #expect(stats.lost == 0 && stats.readFaults == 0)
@@ -208,7 +225,9 @@ struct UprobeEventTests {
             _ = try c.request(.metaArithmetic("mc", flags: ["D9", "v"]))
             #expect(try probed.next(.delta, "mc").number == 10)
             _ = try c.request(.metaDelete("m1"))
-            #expect(try probed.next(.delete, "m1").kind == .delete)
+            #expect(try probed.next(.delete, "m1").deletedAbsentKey == false)
+            _ = try c.request(.metaDelete("m1"))
+            #expect(try probed.next(.delete, "m1").deletedAbsentKey, "md of a key memcached does not hold")
         }
     }
 
@@ -236,7 +255,9 @@ struct UprobeEventTests {
             let incr = try probed.collect { $0.contains { $0.kind == .delta } }.first { $0.kind == .delta }
             #expect(incr?.number == 107 && incr?.keyString == "bn")
             #expect(try c.binary(MemcacheBinary.delete(key: "b2")).status == 0)
-            #expect(try probed.next(.delete, "b2").kind == .delete)
+            #expect(try probed.next(.delete, "b2").deletedAbsentKey == false)
+            #expect(try c.binary(MemcacheBinary.delete(key: "b2")).status == 1)
+            #expect(try probed.next(.delete, "b2").deletedAbsentKey, "binary delete of a key memcached does not hold")
             #expect(try c.binary(MemcacheBinary.flush(delay: 9)).status == 0)
             let flush = try probed.collect { $0.contains { $0.kind == .flush } }.first { $0.kind == .flush }
             #expect(flush?.number == 9)

@@ -234,7 +234,7 @@ struct l1_stats {
 /* mc_event.kind */
 #define MC_EV_MISS 1   /* a GET found nothing (key) */
 #define MC_EV_STORE 2  /* set/add/replace/append/prepend/cas applied (STORED) */
-#define MC_EV_DELETE 3 /* an item was unlinked by a command (delete, md, failed-alloc set) */
+#define MC_EV_DELETE 3 /* a command deleted the key (delete, md, failed-alloc set): see MC_DELETE_* */
 #define MC_EV_TOUCH 4  /* a touch/gat changed an item's exptime */
 #define MC_EV_DELTA 5  /* incr/decr applied: mc_event.number is the new value */
 #define MC_EV_FLUSH 6  /* flush_all: mc_event.number is the delay in seconds */
@@ -255,6 +255,9 @@ struct l1_stats {
 #define MC_MISS_GET 1        /* item_get: text get/gets, meta mg, binary get */
 #define MC_MISS_GET_LOCKED 2 /* limited_get_locked: meta mg with N/R/T-style flags */
 #define MC_MISS_TOUCH 3      /* item_touch: gat/gats, binary gat/touch */
+/* mc_event.command for MC_EV_DELETE */
+#define MC_DELETE_UNLINK 0 /* memcached held the item and unlinked it */
+#define MC_DELETE_ABSENT 1 /* memcached did not hold the key (NOT_FOUND): L3 may still, and must forget it */
 /* mc_event.command for MC_EV_DELTA */
 #define MC_DELTA_INCR 1
 #define MC_DELTA_DECR 2
@@ -264,6 +267,7 @@ struct l1_stats {
 #define MC_EVF_VALUE_FETCH 2  /* value not included (chunked, or > MC_EVENT_VALUE_INLINE_MAX): fetch it */
 #define MC_EVF_CAS 4          /* cas holds the item's CAS */
 #define MC_EVF_NO_CLOCK 8     /* memcached's clock was not readable: exptime_unix unknown */
+#define MC_EVF_WRITE_SEQ 16   /* write_seq holds the key's write sequence after this write */
 
 /* Values up to this many bytes travel inside the event. */
 #define MC_EVENT_VALUE_INLINE_MAX 4096
@@ -282,6 +286,8 @@ struct mc_event {
 	__u32 now_rel;      /* memcached's current_time when the event fired */
 	__u32 client_flags;
 	__u32 value_len;    /* bytes of the whole value (its "\r\n" excluded) */
+	__u32 write_seq;    /* MC_EVF_WRITE_SEQ: the key's mc_write_seq slot after this write */
+	__u32 pad32;
 	__u16 inline_len;   /* value bytes carried in this record */
 	__u8 kind;          /* MC_EV_* */
 	__u8 command;       /* MC_CMD_* / MC_MISS_* / MC_DELTA_* */
@@ -291,7 +297,7 @@ struct mc_event {
 	__u8 key[MC_EVENT_KEY_CAP];
 	__u8 value[MC_EVENT_VALUE_INLINE_MAX];
 };
-#define MC_EVENT_HEADER_LEN (64 + MC_EVENT_KEY_CAP)
+#define MC_EVENT_HEADER_LEN (72 + MC_EVENT_KEY_CAP)
 
 /* Per-binary facts the probes need, written by the loader after load. All
  * addresses are link-time virtual addresses in memcached's ELF; the probes
@@ -329,6 +335,16 @@ struct mc_probe_stats {
 };
 
 #define MC_MAP_EVENTS "mc_events"
+#define MC_MAP_WRITE_SEQ "mc_write_seq"
+
+/* Write sequences: the probes count every write memcached applies (store,
+ * delete — of a held key or not —, touch, incr/decr) in the slot of its key,
+ * and every flush in the last slot, and put the new count in the event. The
+ * daemon compares what it has applied with these counts: a promotion from L3
+ * goes ahead only when L3 has seen every write to the key's slot, and is
+ * undone when a write slipped in before it landed (L3Sync). */
+#define MC_WRITE_SEQ_SLOTS 65536 /* per-key slots: set_index(fnv1a(key), MC_WRITE_SEQ_SLOTS - 1) */
+#define MC_WRITE_SEQ_FLUSH MC_WRITE_SEQ_SLOTS /* the flush_all slot */
 #define MC_MAP_PROBE_CONFIG "mc_probe_config"
 #define MC_MAP_PROBE_STATS "mc_probe_stats"
 

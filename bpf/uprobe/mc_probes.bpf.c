@@ -69,11 +69,21 @@ struct {
 	__type(value, struct mc_event);
 } mc_event_scratch SEC(".maps");
 
+/* Per-slot counts of the writes applied (see MC_WRITE_SEQ_SLOTS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MC_WRITE_SEQ_SLOTS + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} mc_write_seq SEC(".maps");
+
 /* What a function's entry probe leaves for its return probe (or for a
  * function it calls), per thread. */
 #define CALL_STORE 1 /* inside do_store_item */
 #define CALL_DELTA 2 /* inside do_add_delta */
-#define CALL_GET 3   /* item_get / limited_get_locked / item_touch in flight */
+#define CALL_GET 3   /* item_get / limited_get_locked / item_touch / item_get_locked in flight */
+/* mc_call.arg of a CALL_GET: MC_MISS_*, or this for item_get_locked in a delete path. */
+#define LOOKUP_DELETE 8
 struct mc_call {
 	__u64 ptr;   /* STORE: the item; DELTA, GET: the key */
 	__u64 buf;   /* DELTA: where memcached writes the new value */
@@ -277,6 +287,8 @@ static __always_inline struct mc_event *event_begin(__u8 kind, __u8 command)
 	ev->now_rel = 0;
 	ev->client_flags = 0;
 	ev->value_len = 0;
+	ev->write_seq = 0;
+	ev->pad32 = 0;
 	ev->inline_len = 0;
 	ev->kind = kind;
 	ev->command = command;
@@ -307,8 +319,36 @@ static __always_inline void event_clock(struct mc_event *ev, struct mc_probe_con
  * promotion it may start (misses are few where the cache works). */
 #define MC_EVENTS_WAKEUP_BYTES (256 << 10)
 
+/* A write's event takes the next number of its key's slot (a flush: of the
+ * flush slot), whether or not the ring has room: a lost event leaves the
+ * daemon's count behind, so it never trusts L3 for that slot again until a
+ * later write's event catches it up. */
+static __always_inline void event_write_seq(struct mc_event *ev)
+{
+	__u32 slot;
+	switch (ev->kind) {
+	case MC_EV_STORE:
+	case MC_EV_DELETE:
+	case MC_EV_TOUCH:
+	case MC_EV_DELTA:
+		slot = set_index(fnv1a(ev->key, ev->key_len), MC_WRITE_SEQ_SLOTS - 1);
+		break;
+	case MC_EV_FLUSH:
+		slot = MC_WRITE_SEQ_FLUSH;
+		break;
+	default:
+		return;
+	}
+	__u32 *seq = bpf_map_lookup_elem(&mc_write_seq, &slot);
+	if (!seq)
+		return;
+	ev->write_seq = __sync_fetch_and_add(seq, 1) + 1;
+	ev->flags |= MC_EVF_WRITE_SEQ;
+}
+
 static __always_inline void event_send(struct mc_event *ev)
 {
+	event_write_seq(ev);
 	__u32 n = ev->inline_len;
 	if (n > MC_EVENT_VALUE_INLINE_MAX)
 		n = 0;
@@ -536,6 +576,22 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 	}
 	if (found)
 		return 0;
+	if (source == LOOKUP_DELETE) {
+		/* A delete of a key memcached does not hold: L3 may hold it, and
+		 * must not promote it back. Under the item lock, like an unlink. */
+		ev = event_begin(MC_EV_DELETE, MC_DELETE_ABSENT);
+		if (!ev)
+			return 0;
+		if (bpf_probe_read_user(ev->key, c.len & 0xff, (void *)c.ptr)) {
+			pstat(MC_PSTAT_READ_FAULT);
+			return 0;
+		}
+		ev->key_len = c.len;
+		event_clock(ev, cfg, c.bias);
+		l1_write(cfg, ev->key, ev->key_len, 0, 0, 0);
+		event_send(ev);
+		return 0;
+	}
 	ev = event_begin(MC_EV_MISS, source);
 	if (!ev)
 		return 0;
@@ -560,6 +616,21 @@ SEC("uprobe")
 int mc_get_locked_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET_LOCKED); }
 SEC("uretprobe")
 int mc_get_locked_end(struct pt_regs *ctx) { return get_end(ctx, MC_MISS_GET_LOCKED); }
+
+/* item *item_get_locked(const char *key, size_t nkey, conn *c, bool do_update, uint32_t *hv):
+ * the lookup of delete, md, binary delete and a failed-alloc ms, and the one
+ * inside limited_get_locked (a GET: its own probes report that). */
+SEC("uprobe")
+int mc_lookup_begin(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct mc_call *call = bpf_map_lookup_elem(&mc_calls, &id);
+	if (call && call->kind == CALL_GET && call->arg == MC_MISS_GET_LOCKED)
+		return 0;
+	return get_begin(ctx, LOOKUP_DELETE);
+}
+SEC("uretprobe")
+int mc_lookup_end(struct pt_regs *ctx) { return get_end(ctx, LOOKUP_DELETE); }
 
 /* item *item_touch(const char *key, size_t nkey, uint32_t exptime, conn *c) */
 SEC("uprobe")
