@@ -75,7 +75,8 @@ public final class L3Sync: Sendable {
 
     private enum Job {
         case fetch(MemcachedEvent)
-        case promote(key: [UInt8], missAtNs: UInt64)
+        /// `retry`: made again after an undo that turned out needless (another key of the slot was written).
+        case promote(key: [UInt8], missAtNs: UInt64, retry: Bool = false)
     }
 
     public let store: any L3Store
@@ -278,7 +279,7 @@ public final class L3Sync: Sendable {
     private let promotionsQueued = Mutex<Set<[UInt8]>>([])
 
     private func enqueue(_ job: Job) {
-        if case .promote(let key, _) = job {
+        if case .promote(let key, _, _) = job {
             guard promotionsQueued.withLock({ $0.insert(key).inserted }) else {
                 count { $0.promotionsMerged += 1 }
                 return
@@ -292,7 +293,7 @@ public final class L3Sync: Sendable {
         if accepted {
             wake.signal()
         } else {
-            if case .promote(let key, _) = job { promotionsQueued.withLock { _ = $0.remove(key) } }
+            if case .promote(let key, _, _) = job { promotionsQueued.withLock { _ = $0.remove(key) } }
             count { $0.dropped += 1 }
         }
     }
@@ -373,7 +374,7 @@ public final class L3Sync: Sendable {
                 // Gone or superseded: a later event (delete, store) says what happened; until it
                 // is applied the key's slot stays behind, so no promotion trusts L3 for it.
             }
-        case .promote(let key, let missAt):
+        case .promote(let key, let missAt, let retry):
             // From here on a new miss of the key queues a new promotion.
             promotionsQueued.withLock { _ = $0.remove(key) }
             checkLostEvents()
@@ -390,8 +391,11 @@ public final class L3Sync: Sendable {
             count { $0.l3Hits += 1 }
             var flags = ["F\(hit.flags)", "ME"]
             if hit.exptimeUnix != 0 {
+                // memcached's clock ticks once a second and lags the wall clock by up to one: an item
+                // this close to its expiry may be expired in memcached already (the miss), and is not
+                // worth a promotion that a delete of it could race.
                 let left = hit.exptimeUnix - Self.now()
-                guard left > 0 else { return }
+                guard left >= Self.minimumSecondsLeftToPromote else { return }
                 flags.append("T\(left)")
             }
             let (name, encoded) = MemcachedValueFetcher.metaKey(key)
@@ -402,9 +406,18 @@ public final class L3Sync: Sendable {
             guard case .meta(let meta) = reply else { throw MemcacheError.malformedReply("ms answered \(reply)") }
             let took = UInt64(max(0, Int64(L1Cache.monotonicNs()) - Int64(missAt)))
             if meta.code == "HD" {
-                if let before, try !promotionStands(key: key, name: name, encoded: encoded, hit: hit, before: before, reply: meta, client: client) {
-                    count { $0.promotionsUndone += 1 }
-                    return
+                if let before {
+                    switch try check(promotionOf: key, name: name, encoded: encoded, hit: hit, before: before, reply: meta, client: client) {
+                    case .stands:
+                        break
+                    case .undone:
+                        count { $0.promotionsUndone += 1 }
+                        return
+                    case .undoneNeedlessly:
+                        count { $0.promotionsUndone += 1 }
+                        if !retry { enqueue(.promote(key: key, missAtNs: missAt, retry: true)) }
+                        return
+                    }
                 }
                 let us = took / 1000
                 let bucket = us == 0 ? 0 : min(31, 64 - us.leadingZeroBitCount)
@@ -422,22 +435,31 @@ public final class L3Sync: Sendable {
         }
     }
 
-    /// After memcached added the promoted item: whether it may stay. Only our own add should have
-    /// reached the key's slot since `before` (and no flush); otherwise, once L3 has applied those
-    /// writes, the item stays only if L3 still holds the version promoted. Else it is deleted
-    /// with its CAS, so a client's write that landed after the add is left alone.
-    private func promotionStands(
-        key: [UInt8], name: String, encoded: Bool, hit: L3Item, before: (slot: Int, key: UInt32, flush: UInt32),
-        reply: MetaReply, client: MemcacheTCPClient
-    ) throws -> Bool {
-        guard let after = currentSequences(key) else { return try undo() }
-        if after.key == before.key &+ 1 && after.flush == before.flush { return true }
-        if after.flush == before.flush, waitApplied(after), let now = try store.get(key: key), now.version == hit.version {
-            return true // another key of the slot was written
-        }
-        return try undo()
+    /// Items with less time left are not promoted.
+    static let minimumSecondsLeftToPromote: Int64 = 2
 
-        func undo() throws -> Bool {
+    private enum PromotionCheck { case stands, undone, undoneNeedlessly }
+
+    /// After memcached added the promoted item: whether it may stay. Only our own add should have
+    /// reached the key's slot since `before` (and no flush). Otherwise it is deleted at once with
+    /// its CAS (a client's write that landed after the add is left alone): the other write may
+    /// have been a delete of this key that the add undid, and every moment the item stays a GET
+    /// may read it. Once L3 has applied those writes, if it still holds the version promoted (the
+    /// write was to another key of the slot), the undo was needless and the caller may promote again.
+    private func check(
+        promotionOf key: [UInt8], name: String, encoded: Bool, hit: L3Item, before: (slot: Int, key: UInt32, flush: UInt32),
+        reply: MetaReply, client: MemcacheTCPClient
+    ) throws -> PromotionCheck {
+        let after = currentSequences(key)
+        if let after, after.key == before.key &+ 1 && after.flush == before.flush { return .stands }
+        try undo()
+        if let after, after.flush == before.flush, waitApplied(after), let now = try store.get(key: key),
+           now.version == hit.version {
+            return .undoneNeedlessly
+        }
+        return .undone
+
+        func undo() throws {
             guard let casFlag = reply.flags.first(where: { $0.hasPrefix("c") }), let cas = UInt64(casFlag.dropFirst()) else {
                 throw MemcacheError.malformedReply("ms … c answered without its CAS: \(reply.flags)")
             }
@@ -447,7 +469,6 @@ public final class L3Sync: Sendable {
             guard case .meta(let meta) = answer, ["HD", "EX", "NF"].contains(meta.code) else {
                 throw MemcacheError.malformedReply("md answered \(answer)")
             }
-            return false
         }
     }
 }
