@@ -171,6 +171,6 @@ let package = Package(
         .target(name: "L1Model"),
         .target(name: "L1Fuzz", dependencies: ["L1Model", "L1TestSupport", "Loader"]),
         .executableTarget(name: "l1-fuzz", dependencies: ["L1Fuzz"]),
-        .testTarget(name: "L1FuzzTests", dependencies: ["L1Fuzz", "L1Model", "L1TestSupport", "Loader"]),
+        .testTarget(name: "L1FuzzTests", dependencies: ["CXLBMCABI", "L1Fuzz", "L1Model", "L1TestSupport", "Loader"]),
     ]
 )

@@ -46,6 +46,7 @@ public struct L1Stats: Sendable {
         (L1_STAT_GLOBAL_BLOCK, "global_block", "unattributable writes (all fills blocked briefly)"),
         (L1_STAT_FILL_BUSY, "fill_busy", "fills skipped: no way free in the set"),
         (L1_STAT_PASS_NO_LEASE, "pass_no_lease", "passed: uprobes in charge but the daemon is gone (lease expired)"),
+        (L1_STAT_PASS_BAD_CHECKSUM, "pass_bad_checksum", "passed: IPv4 or UDP checksum wrong (the kernel drops it)"),
     ]
 
     /// Sums per-CPU `struct l1_stats` values.

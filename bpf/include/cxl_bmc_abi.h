@@ -204,6 +204,7 @@ struct l1_state {
 #define L1_STAT_GLOBAL_BLOCK 20     /* writes L1 could not attribute to a key: all fills blocked briefly */
 #define L1_STAT_FILL_BUSY 21        /* fill skipped: no way free in the set */
 #define L1_STAT_PASS_NO_LEASE 22    /* uprobes in charge but the daemon's lease ran out: passed */
+#define L1_STAT_PASS_BAD_CHECKSUM 23 /* a GET L1 could answer whose IPv4 or UDP checksum is wrong: passed (the kernel drops it) */
 #define L1_STAT_COUNT 32 /* a power of two: indices are masked */
 
 struct l1_stats {

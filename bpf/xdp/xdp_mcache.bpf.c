@@ -461,6 +461,58 @@ static __always_inline __u64 sum16(const void *p, __u32 words)
 	return sum;
 }
 
+/* One's-complement sum of s->in[0, len) (len padded to 4 with zeros). */
+static __always_inline __u64 request_sum(struct mcache_scratch *s, __u32 len)
+{
+	__u64 sum = 0;
+	__u32 padded = (len + 3) & ~3U;
+	s->in[BOUND(len, SCRATCH_MASK)] = 0;
+	s->in[BOUND(len + 1, SCRATCH_MASK)] = 0;
+	s->in[BOUND(len + 2, SCRATCH_MASK)] = 0;
+	for (int c = 0; c < 4; c++) {
+		__u32 off = c * 512;
+		if (off >= padded)
+			break;
+		__u32 n = padded - off;
+		if (n > 512)
+			n = 512;
+		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&s->in[BOUND(off, 2047)], BOUND(n, 1023), 0);
+		if (r >= 0)
+			sum += (__u32)r;
+	}
+	return sum;
+}
+
+/* The request's IPv4 header and UDP checksums are right — or the UDP one
+ * is the pseudo-header sum a local sender leaves for offload (veth: the
+ * kernel delivers such a datagram without checking it). The kernel drops a
+ * datagram with a wrong one, so memcached would never answer it. */
+static __always_inline int request_checksums_ok(struct mcache_scratch *s, struct pkt_info *pi)
+{
+	__u32 l3 = pi->l3_off == 18 ? 18 : 14;
+	__u64 pseudo;
+	const struct udphdr *udp;
+	__u32 ulen = pi->payload_len + 8;
+	if (!pi->ipv6) {
+		const struct iphdr *ip = (const void *)(s->hdr + l3);
+		if (csum_fold(sum16(ip, 10)) != 0)
+			return 0;
+		udp = (const void *)(ip + 1);
+		if (udp->check == 0)
+			return 1; /* no UDP checksum */
+		pseudo = sum16(&ip->saddr, 4);
+	} else {
+		const struct ipv6hdr *ip6 = (const void *)(s->hdr + l3);
+		udp = (const void *)(ip6 + 1);
+		pseudo = sum16(&ip6->saddr, 16);
+	}
+	pseudo += bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
+	if (udp->check == (__u16)~csum_fold(pseudo))
+		return 1; /* left for offload by a local sender */
+	__u64 sum = pseudo + sum16(udp, 4) + request_sum(s, pi->payload_len);
+	return csum_fold(sum) == 0;
+}
+
 /* Turns the request frame into the reply held in s->out[0, rlen). */
 static __always_inline int send_reply(struct xdp_md *ctx, struct mcache_scratch *s, struct pkt_info *pi,
 				      __u32 rlen)
@@ -579,6 +631,10 @@ static __always_inline int handle_get(struct xdp_md *ctx, struct mcache_scratch 
 	OUT(s, o + 2) = 'D';
 	OUT(s, o + 3) = '\r';
 	OUT(s, o + 4) = '\n';
+	if (!request_checksums_ok(s, pi)) {
+		stat_inc(L1_STAT_PASS_BAD_CHECKSUM);
+		return XDP_PASS;
+	}
 	int r = send_reply(ctx, s, pi, o + 5);
 	if (r == -1) {
 		stat_inc(L1_STAT_PASS_TOO_BIG);
