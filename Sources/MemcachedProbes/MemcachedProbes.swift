@@ -112,6 +112,11 @@ public final class MemcachedProbes {
         config.current_time = targets.currentTime
         config.process_started = targets.processStarted
         config.settings = targets.settings
+        withUnsafeMutableBytes(of: &config.failed_store_lookups) { raw in
+            for (i, site) in targets.failedStoreLookups.prefix(Int(MC_FAILED_STORE_LOOKUPS)).enumerated() {
+                raw.storeBytes(of: site.address + 5, toByteOffset: i * 8, as: UInt64.self) // where item_get returns to
+            }
+        }
         try object.map(named: String(cString: MC_MAP_PROBE_CONFIG)).update(UInt32(0), config)
 
         let pid: Int32

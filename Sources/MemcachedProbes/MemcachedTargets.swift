@@ -18,6 +18,10 @@ public struct MemcachedTargets: Sendable {
     public let deleteSites: [Site]
     /// Calls unlinking an item inside lru_pull_tail (evictions).
     public let evictSites: [Site]
+    /// Calls to item_get by which a set whose allocation failed drops the old value
+    /// (`it = item_get(…); if (it) item_unlink(it);`): a NULL there is a delete of a key memcached
+    /// does not hold, not a GET miss, so L3 must forget the key rather than promote it.
+    public let failedStoreLookups: [Site]
     public let currentTime: UInt64
     public let processStarted: UInt64
     public let settings: UInt64
@@ -121,6 +125,9 @@ public struct MemcachedTargets: Sendable {
             throw MemcachedProbeError.sitesNotFound(
                 binary: binary, what: "a call to do_item_unlink_nolock in lru_pull_tail", searched: ["lru_pull_tail"])
         }
+        let unlinkTargets = callees(deleteCallees).map(\.0)
+        let failedStoreLookups = try findCallSites(in: image, hosts: deleteHostTargets, callees: callees([("item_get", rdi)]))
+            .filter { try callFollows($0, in: image, within: 32, to: unlinkTargets) }
         let flushHostTargets = try sized(optional(flushHosts), "flush")
         let flushSites = try findFlushSites(in: image, hosts: flushHostTargets, oldestLive: settings.address + oldestLiveOffset)
         guard !flushSites.isEmpty else {
@@ -131,6 +138,7 @@ public struct MemcachedTargets: Sendable {
         return MemcachedTargets(
             binary: binary, buildID: try image.buildID(), functions: functions, flushSites: flushSites,
             storeSites: storeSites, deleteSites: deleteSites, evictSites: evictSites,
+            failedStoreLookups: Array(failedStoreLookups.prefix(Int(MC_FAILED_STORE_LOOKUPS))),
             currentTime: currentTime.address, processStarted: processStarted.address, settings: settings.address)
     }
 
@@ -163,6 +171,16 @@ public struct MemcachedTargets: Sendable {
             }
         }
         return sites.sorted { $0.address < $1.address }
+    }
+
+    /// A `call rel32` to one of `targets` starts within `within` bytes after the call at `site`.
+    static func callFollows(_ site: Site, in image: ELFImage, within: Int, to targets: [ProbeTarget]) throws -> Bool {
+        let bytes = try image.bytes(atFileOffset: site.fileOffset + 5, count: within + 5)
+        for i in 0..<within where bytes[i] == 0xe8 {
+            let target = ripRelative(bytes, displacementAt: i + 1, next: site.address + 5 + UInt64(i) + 5)
+            if targets.contains(where: { $0.address == target }) { return true }
+        }
+        return false
     }
 
     /// Finds `mov r32, disp32(%rip)` stores (opcode 0x89, optional REX without

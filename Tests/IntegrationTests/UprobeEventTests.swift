@@ -101,6 +101,8 @@ struct UprobeEventTests {
         #expect(targets.storeSites.map(\.callee) == ["item_replace", "do_item_link", "item_replace"])
         #expect(targets.deleteSites.map(\.address) == [0x21d43, 0x2277c, 0x2479a, 0x24fb2, 0x2745e, 0x27ccd])
         #expect(targets.evictSites.map(\.address) == [0x16dda, 0x16f40, 0x17007])
+        #expect(targets.failedStoreLookups.map(\.address) == [0x21d2f, 0x27cbd],
+                "the item_get calls of a failed text and binary set, each followed by item_unlink")
         #expect(targets.flushSites.map(\.address) == [0x23ab6, 0x24427, 0x2713c, 0x280f0],
                 "two text and two binary flush stores")
         #expect(targets.flushSites.allSatisfy { $0.register == 0 }, "mov %eax, oldest_live")
@@ -181,6 +183,14 @@ struct UprobeEventTests {
             #expect(delete.writeSeq != nil && absent.writeSeq == delete.writeSeq.map { $0 &+ 1 })
             #expect(try probed.probes.writeSequences().current(slot: slot) == absent.writeSeq)
             #expect(miss.writeSeq == nil, "a miss writes nothing")
+            // A set memcached cannot store (too large) drops the old value: for a key it does not
+            // hold, that is a delete of an absent key (L3 must forget it), not a GET miss.
+            let bigMark = probed.mark
+            let tooBig = try c.request(.store(.set, key: "too-big", value: [UInt8](repeating: 0x61, count: 2 << 20)))
+            #expect("\(tooBig)".contains("too large"), "\(tooBig)")
+            #expect(try probed.next(.delete, "too-big").deletedAbsentKey)
+            _ = try probed.settle(since: bigMark)
+            #expect(!probed.events[bigMark...].contains { $0.kind == .miss && $0.keyString == "too-big" })
             // A GET through limited_get_locked (mg with N) that misses is a miss, not a delete.
             let lockedMark = probed.mark
             _ = try c.request(.metaGet("locked-miss", flags: ["v", "N30"]))
@@ -258,6 +268,8 @@ struct UprobeEventTests {
             #expect(try probed.next(.delete, "b2").deletedAbsentKey == false)
             #expect(try c.binary(MemcacheBinary.delete(key: "b2")).status == 1)
             #expect(try probed.next(.delete, "b2").deletedAbsentKey, "binary delete of a key memcached does not hold")
+            #expect(try c.binary(MemcacheBinary.set(key: "b-big", value: [UInt8](repeating: 0x62, count: 2 << 20))).status == 3)
+            #expect(try probed.next(.delete, "b-big").deletedAbsentKey, "a binary set too large for memcached")
             #expect(try c.binary(MemcacheBinary.flush(delay: 9)).status == 0)
             let flush = try probed.collect { $0.contains { $0.kind == .flush } }.first { $0.kind == .flush }
             #expect(flush?.number == 9)

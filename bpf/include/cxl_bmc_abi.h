@@ -307,6 +307,7 @@ struct mc_event {
  * Each probe's BPF cookie is (probed link-time address << 8 | register):
  * call-site and instruction probes read their item (or value) from that
  * register (x86-64 numbering: 0 rax … 7 rdi, 8 r8 … 15 r15). */
+#define MC_FAILED_STORE_LOOKUPS 4
 struct mc_probe_config {
 	__u32 target_tgid;     /* nonzero: only this process */
 	__u32 target_netns;    /* nonzero: only processes in this network namespace (inode) */
@@ -315,6 +316,10 @@ struct mc_probe_config {
 	__u64 current_time;    /* &current_time (rel_time_t); 0 = unknown */
 	__u64 process_started; /* &process_started (time_t); 0 = unknown */
 	__u64 settings;        /* &settings */
+	/* Return addresses (link-time) of the item_get calls by which a set whose
+	 * allocation failed drops the old value: there a NULL is a delete of a key
+	 * memcached does not hold, not a GET miss. 0 = unused. */
+	__u64 failed_store_lookups[MC_FAILED_STORE_LOOKUPS];
 };
 #define MC_PROBE_CFG_L1 1 /* L1 maps are attached: bump generations */
 
@@ -363,5 +368,5 @@ _Static_assert(sizeof(struct l1_state) == 16, "l1_state layout");
 _Static_assert(sizeof(struct l1_stats) == 8 * L1_STAT_COUNT, "l1_stats layout");
 
 _Static_assert(sizeof(struct mc_event) == MC_EVENT_HEADER_LEN + MC_EVENT_VALUE_INLINE_MAX, "mc_event layout");
-_Static_assert(sizeof(struct mc_probe_config) == 40, "mc_probe_config layout");
+_Static_assert(sizeof(struct mc_probe_config) == 40 + 8 * MC_FAILED_STORE_LOOKUPS, "mc_probe_config layout");
 #endif /* CXL_BMC_ABI_H */

@@ -527,10 +527,8 @@ int mc_evict_call(struct pt_regs *ctx)
 
 /* ---- lookups: item_get, limited_get_locked, item_touch ----------------- */
 
-static __always_inline int get_begin(struct pt_regs *ctx, __u32 source)
+static __always_inline int get_begin_accepted(struct pt_regs *ctx, __u32 source)
 {
-	if (!accept())
-		return 0;
 	__u64 nkey = PT_REGS_PARM2(ctx);
 	if (nkey == 0 || nkey > MC_MAX_KEY_LEN)
 		return 0;
@@ -538,11 +536,22 @@ static __always_inline int get_begin(struct pt_regs *ctx, __u32 source)
 	return 0;
 }
 
+static __always_inline int get_begin(struct pt_regs *ctx, __u32 source)
+{
+	if (!accept())
+		return 0;
+	return get_begin_accepted(ctx, source);
+}
+
 static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mc_call *call = bpf_map_lookup_elem(&mc_calls, &id);
-	if (!call || call->kind != CALL_GET || call->arg != source)
+	if (!call || call->kind != CALL_GET)
+		return 0;
+	if (call->arg == LOOKUP_DELETE && source == MC_MISS_GET)
+		source = LOOKUP_DELETE; /* item_get in a failed set */
+	if (call->arg != source)
 		return 0;
 	struct mc_call c = *call;
 	bpf_map_delete_elem(&mc_calls, &id);
@@ -605,9 +614,26 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 	return 0;
 }
 
-/* item *item_get(const char *key, size_t nkey, conn *c, bool do_update) */
+/* item *item_get(const char *key, size_t nkey, conn *c, bool do_update): a GET,
+ * unless it returns into a failed set (see mc_probe_config.failed_store_lookups). */
 SEC("uprobe")
-int mc_get_begin(struct pt_regs *ctx) { return get_begin(ctx, MC_MISS_GET); }
+int mc_get_begin(struct pt_regs *ctx)
+{
+	struct mc_probe_config *cfg = accept();
+	if (!cfg)
+		return 0;
+	if (cfg->failed_store_lookups[0]) {
+		__u64 ret = 0;
+		/* At the first instruction the return address is on top of the stack. */
+		bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+		ret -= load_bias(ctx);
+		for (int i = 0; i < MC_FAILED_STORE_LOOKUPS; i++) {
+			if (cfg->failed_store_lookups[i] && ret == cfg->failed_store_lookups[i])
+				return get_begin_accepted(ctx, LOOKUP_DELETE);
+		}
+	}
+	return get_begin_accepted(ctx, MC_MISS_GET);
+}
 SEC("uretprobe")
 int mc_get_end(struct pt_regs *ctx) { return get_end(ctx, MC_MISS_GET); }
 
