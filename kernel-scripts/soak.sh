@@ -5,7 +5,7 @@
 #
 #   soak.sh BUILD_DIR            (BUILD_DIR holds cxl-bmc and mc-load; run as root)
 #
-# Every SOAK_SAMPLE seconds (default 15) it samples the daemon's RSS and the entry count of every
+# Every SOAK_SAMPLE seconds (default 15) it samples the daemon's RSS (its own: the pool's shared pages excluded) and the entry count of every
 # BPF map the daemon holds (hash maps counted with bpftool; arrays and ring buffers are fixed-size).
 # Pass: 0 stale, 0 expired served, 0 corrupt, 0 ring-buffer events lost, 0 L3 failures, pool check
 # clean after the stop, daemon RSS flat (the peak after warm-up at most the warm-up sample +
@@ -58,7 +58,9 @@ for _ in $(seq 300); do grep -q "$ready" "$WORK/daemon.log" && break; kill -0 "$
 grep -q "$ready" "$WORK/daemon.log" || { cat "$WORK/daemon.log" >&2; echo "soak: attach failed" >&2; exit 1; }
 
 stats_json() { "$CXLBMC" stats "$SERVER_IF" --json | jq -c ".\"$SERVER_IF\""; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON/status"; }
+# The daemon's own memory: RSS less the pool's shared pages it has touched (RssShmem), which
+# grow with the item log up to the pool's size and belong to the pool, not to the process.
+rss_kib() { awk '/^RssAnon:|^RssFile:/ {own += $2} /^RssShmem:/ {shm = $2} END {print own, shm}' "/proc/$DAEMON/status"; }
 
 # One line per map: id type name max_entries count (count = -1 when not countable).
 sample_maps() {
@@ -149,7 +151,8 @@ echo "  L1: $gets UDP GETs seen, $hits answered by XDP"
 echo "  events: $(num .events.emitted "$after") emitted, $lost lost; L3 (${SOAK_L3:-pool}): $(num .l3.stores "$after") stores, $promoted promoted, $(num .l3.resyncs "$after") resyncs, $l3_failures failures"
 echo "  event kinds: $(jq -c '.events // {} | del(.emitted, .lost, .filtered, .l1_bumps)' <<<"$after")"
 echo "  L3 counters: $(jq -c '.l3 // {}' <<<"$after")"
-echo "  daemon RSS KiB: first $rss_first, warm-up $rss_warm, peak after $rss_peak (bound $rss_bound), last $rss_last"
+shm_last=$(awk '$1 == "T" && $4 != "" { last = $4 } END { print last + 0 }' "$WORK/samples")
+echo "  daemon RSS KiB (without the pool's shared pages): first $rss_first, warm-up $rss_warm, peak after $rss_peak (bound $rss_bound), last $rss_last; pool pages touched at the end: $shm_last KiB"
 grep -v '^MAPS_' <<<"$maps_report" | sed 's/^/  map /'
 sed 's/^/  pool check: /' "$WORK/check.out"
 $pass && echo "  PASS" || echo "  FAIL: ${why[*]}"

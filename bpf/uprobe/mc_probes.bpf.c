@@ -585,23 +585,11 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 	}
 	if (found)
 		return 0;
-	if (source == LOOKUP_DELETE) {
-		/* A delete of a key memcached does not hold: L3 may hold it, and
-		 * must not promote it back. Under the item lock, like an unlink. */
-		ev = event_begin(MC_EV_DELETE, MC_DELETE_ABSENT);
-		if (!ev)
-			return 0;
-		if (bpf_probe_read_user(ev->key, c.len & 0xff, (void *)c.ptr)) {
-			pstat(MC_PSTAT_READ_FAULT);
-			return 0;
-		}
-		ev->key_len = c.len;
-		event_clock(ev, cfg, c.bias);
-		l1_write(cfg, ev->key, ev->key_len, 0, 0, 0);
-		event_send(ev);
-		return 0;
-	}
-	ev = event_begin(MC_EV_MISS, source);
+	/* Nothing found. In a delete path: a delete of a key memcached does not
+	 * hold (L3 may hold it, and must not promote it back), under the item
+	 * lock like an unlink. Otherwise a GET miss. */
+	int deleted = source == LOOKUP_DELETE;
+	ev = event_begin(deleted ? MC_EV_DELETE : MC_EV_MISS, deleted ? MC_DELETE_ABSENT : source);
 	if (!ev)
 		return 0;
 	if (bpf_probe_read_user(ev->key, c.len & 0xff, (void *)c.ptr)) {
@@ -610,6 +598,8 @@ static __always_inline int get_end(struct pt_regs *ctx, __u32 source)
 	}
 	ev->key_len = c.len;
 	event_clock(ev, cfg, c.bias);
+	if (deleted)
+		l1_write(cfg, ev->key, ev->key_len, 0, 0, 0);
 	event_send(ev);
 	return 0;
 }

@@ -430,22 +430,23 @@ static __always_inline __u16 csum_fold(__u64 sum)
 	return (__u16)~sum;
 }
 
-/* One's-complement sum of s->out[0, len) (len padded to 4 with zeros). */
-static __always_inline __u64 payload_sum(struct mcache_scratch *s, __u32 len)
+/* One's-complement sum of buf[0, len) (a scratch buffer; len ≤ 2048, padded
+ * to 4 with zeros). */
+static __always_inline __u64 scratch_sum(__u8 *buf, __u32 len)
 {
 	__u64 sum = 0;
 	__u32 padded = (len + 3) & ~3U;
-	OUT(s, len) = 0;
-	OUT(s, len + 1) = 0;
-	OUT(s, len + 2) = 0;
-	for (int c = 0; c < 3; c++) {
+	buf[BOUND(len, SCRATCH_MASK)] = 0;
+	buf[BOUND(len + 1, SCRATCH_MASK)] = 0;
+	buf[BOUND(len + 2, SCRATCH_MASK)] = 0;
+	for (int c = 0; c < 4; c++) {
 		__u32 off = c * 512;
 		if (off >= padded)
 			break;
 		__u32 n = padded - off;
 		if (n > 512)
 			n = 512;
-		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&s->out[BOUND(off, 2047)], BOUND(n, 1023), 0);
+		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&buf[BOUND(off, 2047)], BOUND(n, 1023), 0);
 		if (r >= 0)
 			sum += (__u32)r;
 	}
@@ -458,28 +459,6 @@ static __always_inline __u64 sum16(const void *p, __u32 words)
 	__u64 sum = 0;
 	for (__u32 i = 0; i < words; i++)
 		sum += w[i];
-	return sum;
-}
-
-/* One's-complement sum of s->in[0, len) (len padded to 4 with zeros). */
-static __always_inline __u64 request_sum(struct mcache_scratch *s, __u32 len)
-{
-	__u64 sum = 0;
-	__u32 padded = (len + 3) & ~3U;
-	s->in[BOUND(len, SCRATCH_MASK)] = 0;
-	s->in[BOUND(len + 1, SCRATCH_MASK)] = 0;
-	s->in[BOUND(len + 2, SCRATCH_MASK)] = 0;
-	for (int c = 0; c < 4; c++) {
-		__u32 off = c * 512;
-		if (off >= padded)
-			break;
-		__u32 n = padded - off;
-		if (n > 512)
-			n = 512;
-		__s64 r = bpf_csum_diff(NULL, 0, (__be32 *)&s->in[BOUND(off, 2047)], BOUND(n, 1023), 0);
-		if (r >= 0)
-			sum += (__u32)r;
-	}
 	return sum;
 }
 
@@ -509,7 +488,7 @@ static __always_inline int request_checksums_ok(struct mcache_scratch *s, struct
 	pseudo += bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
 	if (udp->check == (__u16)~csum_fold(pseudo))
 		return 1; /* left for offload by a local sender */
-	__u64 sum = pseudo + sum16(udp, 4) + request_sum(s, pi->payload_len);
+	__u64 sum = pseudo + sum16(udp, 4) + scratch_sum(s->in, pi->payload_len);
 	return csum_fold(sum) == 0;
 }
 
@@ -549,7 +528,7 @@ static __always_inline int send_reply(struct xdp_md *ctx, struct mcache_scratch 
 
 	__u32 l3 = pi->l3_off == 18 ? 18 : 14;
 	__u16 ulen = 8 + rlen;
-	__u64 sum = payload_sum(s, rlen);
+	__u64 sum = scratch_sum(s->out, rlen);
 	struct udphdr *udp;
 	if (!pi->ipv6) {
 		struct iphdr *ip = data + l3;
