@@ -34,7 +34,8 @@ public final class L3Sync: Sendable {
         /// Misses L3 could answer.
         public var l3Hits: UInt64 = 0
         public var promoted: UInt64 = 0
-        /// Promotions memcached refused because the key exists again (a newer write won).
+        /// Promotions not made because a newer write won: memcached refused the add (the key exists
+        /// again), or the key's slot was written between the miss and the promotion.
         public var promotionsRaced: UInt64 = 0
         public var fetched: UInt64 = 0
         /// Jobs dropped because the queue was full.
@@ -75,8 +76,9 @@ public final class L3Sync: Sendable {
 
     private enum Job {
         case fetch(MemcachedEvent)
+        /// `seqAtMiss`: the key's write-sequence count when it missed (nil: unknown).
         /// `retry`: made again after an undo that turned out needless (another key of the slot was written).
-        case promote(key: [UInt8], missAtNs: UInt64, retry: Bool = false)
+        case promote(key: [UInt8], missAtNs: UInt64, seqAtMiss: UInt32?, retry: Bool = false)
     }
 
     public let store: any L3Store
@@ -212,7 +214,7 @@ public final class L3Sync: Sendable {
                 }
             case .miss:
                 count { $0.misses += 1 }
-                enqueue(.promote(key: event.key, missAtNs: event.timestampNs))
+                enqueue(.promote(key: event.key, missAtNs: event.timestampNs, seqAtMiss: event.writeSeq))
             }
             markApplied(event)
         } catch {
@@ -232,7 +234,7 @@ public final class L3Sync: Sendable {
     /// L3 now reflects this write (an event whose write L3 failed to take is never marked: its
     /// slot stays behind, and promotions of its keys wait for a later write).
     private func markApplied(_ event: MemcachedEvent) {
-        guard let seq = event.writeSeq else { return }
+        guard event.kind != .miss, let seq = event.writeSeq else { return }
         let slot = Self.slot(of: event)
         applied.withLock { if !Self.reached($0[slot], seq) { $0[slot] = seq } }
     }
@@ -279,7 +281,7 @@ public final class L3Sync: Sendable {
     private let promotionsQueued = Mutex<Set<[UInt8]>>([])
 
     private func enqueue(_ job: Job) {
-        if case .promote(let key, _, _) = job {
+        if case .promote(let key, _, _, _) = job {
             guard promotionsQueued.withLock({ $0.insert(key).inserted }) else {
                 count { $0.promotionsMerged += 1 }
                 return
@@ -293,7 +295,7 @@ public final class L3Sync: Sendable {
         if accepted {
             wake.signal()
         } else {
-            if case .promote(let key, _, _) = job { promotionsQueued.withLock { _ = $0.remove(key) } }
+            if case .promote(let key, _, _, _) = job { promotionsQueued.withLock { _ = $0.remove(key) } }
             count { $0.dropped += 1 }
         }
     }
@@ -374,7 +376,7 @@ public final class L3Sync: Sendable {
                 // Gone or superseded: a later event (delete, store) says what happened; until it
                 // is applied the key's slot stays behind, so no promotion trusts L3 for it.
             }
-        case .promote(let key, let missAt, let retry):
+        case .promote(let key, let missAt, let seqAtMiss, let retry):
             // From here on a new miss of the key queues a new promotion.
             promotionsQueued.withLock { _ = $0.remove(key) }
             checkLostEvents()
@@ -385,6 +387,13 @@ public final class L3Sync: Sendable {
             }
             if writeSequence != nil && before == nil {
                 count { $0.promotionsDeferred += 1 }
+                return
+            }
+            if let before, let seqAtMiss, before.key != seqAtMiss, !retry {
+                // The key (or another of its slot) was written since it missed: memcached may hold
+                // it again, or a delete may have made L3's copy obsolete. The miss is outdated;
+                // a new one will come if the key is still missing.
+                count { $0.promotionsRaced += 1 }
                 return
             }
             guard let hit = try store.get(key: key) else { return }
@@ -415,7 +424,7 @@ public final class L3Sync: Sendable {
                         return
                     case .undoneNeedlessly:
                         count { $0.promotionsUndone += 1 }
-                        if !retry { enqueue(.promote(key: key, missAtNs: missAt, retry: true)) }
+                        if !retry { enqueue(.promote(key: key, missAtNs: missAt, seqAtMiss: nil, retry: true)) }
                         return
                     }
                 }

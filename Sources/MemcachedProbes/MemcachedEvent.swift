@@ -68,7 +68,7 @@ public struct MemcachedEvent: Sendable, Equatable {
     /// DELTA: the new value; FLUSH: its delay in seconds.
     public let number: UInt64
     /// A write's number in its key's write-sequence slot (``MemcachedProbes/writeSequenceSlot(of:)``;
-    /// a flush: in the flush slot) after it; nil for misses and evictions.
+    /// a flush: in the flush slot) after it; a miss: the slot's count when it missed; nil for evictions.
     public let writeSeq: UInt32?
 
     public var keyString: String { String(decoding: key, as: UTF8.self) }

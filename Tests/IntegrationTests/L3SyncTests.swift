@@ -247,6 +247,27 @@ struct L3SyncTests {
         }
     }
 
+    /// A miss carries its key's write count: when the key was written after it (a set that
+    /// memcached holds now, or a delete that made L3's copy obsolete), the miss is outdated and
+    /// nothing is promoted for it.
+    @Test func aMissOutdatedByALaterWriteIsNotPromoted() throws {
+        let store = InMemoryL3Store()
+        let key = Array("outdated".utf8)
+        try LoopbackMemcached.with { a in
+            let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
+                              writeSequence: { $0 == MemcachedProbes.flushSequenceSlot ? 0 : 5 })
+            defer { sync.stop() }
+            // The write that made the count 5, applied to L3; the miss happened before it (count 4).
+            sync.apply(MemcachedEvent(kind: .store, command: 2, key: key, value: [1], writeSeq: 5))
+            sync.apply(MemcachedEvent(kind: .miss, command: 1, key: key, writeSeq: 4))
+            #expect(sync.drain())
+            let c = try a.tcp()
+            #expect(try c.get("outdated") == nil, "not promoted")
+            #expect(try store.get(key: key)?.value == [1], "L3 holds the write")
+            #expect(sync.snapshot.promotionsRaced == 1 && sync.snapshot.promoted == 0 && sync.snapshot.l3Hits == 0)
+        }
+    }
+
     /// A promotion waits until L3 has applied every write the probes counted in the key's slot;
     /// when L3 never catches up it is skipped (deferred), never made from a stale L3.
     @Test func promotionWaitsForL3ToCatchUp() throws {

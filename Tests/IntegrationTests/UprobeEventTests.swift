@@ -182,7 +182,7 @@ struct UprobeEventTests {
             let slot = MemcachedProbes.writeSequenceSlot(of: Array("alpha".utf8))
             #expect(delete.writeSeq != nil && absent.writeSeq == delete.writeSeq.map { $0 &+ 1 })
             #expect(try probed.probes.writeSequences().current(slot: slot) == absent.writeSeq)
-            #expect(miss.writeSeq == nil, "a miss writes nothing")
+            #expect(miss.writeSeq == 0, "a miss carries its slot's count (no write to it yet) and takes no number")
             // A set memcached cannot store (too large) drops the old value: for a key it does not
             // hold, that is a delete of an absent key (L3 must forget it), not a GET miss.
             let bigMark = probed.mark

@@ -268,7 +268,7 @@ struct l1_stats {
 #define MC_EVF_VALUE_FETCH 2  /* value not included (chunked, or > MC_EVENT_VALUE_INLINE_MAX): fetch it */
 #define MC_EVF_CAS 4          /* cas holds the item's CAS */
 #define MC_EVF_NO_CLOCK 8     /* memcached's clock was not readable: exptime_unix unknown */
-#define MC_EVF_WRITE_SEQ 16   /* write_seq holds the key's write sequence after this write */
+#define MC_EVF_WRITE_SEQ 16   /* write_seq holds the key's write sequence after this write (a miss: when it missed) */
 
 /* Values up to this many bytes travel inside the event. */
 #define MC_EVENT_VALUE_INLINE_MAX 4096

@@ -322,7 +322,8 @@ static __always_inline void event_clock(struct mc_event *ev, struct mc_probe_con
 /* A write's event takes the next number of its key's slot (a flush: of the
  * flush slot), whether or not the ring has room: a lost event leaves the
  * daemon's count behind, so it never trusts L3 for that slot again until a
- * later write's event catches it up. */
+ * later write's event catches it up. A miss carries the count as it was, so
+ * a promotion can tell that the key was written since. */
 static __always_inline void event_write_seq(struct mc_event *ev)
 {
 	__u32 slot;
@@ -336,13 +337,17 @@ static __always_inline void event_write_seq(struct mc_event *ev)
 	case MC_EV_FLUSH:
 		slot = MC_WRITE_SEQ_FLUSH;
 		break;
+	case MC_EV_MISS:
+		slot = set_index(fnv1a(ev->key, ev->key_len), MC_WRITE_SEQ_SLOTS - 1);
+		break;
 	default:
 		return;
 	}
 	__u32 *seq = bpf_map_lookup_elem(&mc_write_seq, &slot);
 	if (!seq)
 		return;
-	ev->write_seq = __sync_fetch_and_add(seq, 1) + 1;
+	/* A miss takes no number: it carries the slot's count when it missed. */
+	ev->write_seq = ev->kind == MC_EV_MISS ? *seq : __sync_fetch_and_add(seq, 1) + 1;
 	ev->flags |= MC_EVF_WRITE_SEQ;
 }
 
