@@ -1,0 +1,262 @@
+import Foundation
+@testable import NetnsTestSupport
+import Peering
+import Testing
+
+/// Three or four hosts, each a test bed (a server namespace with Debian's memcached and
+/// `cxl-bmc attach --pool … --config nodes.conf`, and a client namespace on veth), the hosts'
+/// server namespaces on one bridged network (`testbed.sh lan`). The hosts of the `default` CXL
+/// domain map one pool in /dev/shm; a host of domain `rackB` maps a second pool and is reached
+/// over the network. Needs root; failed (not skipped) in CI.
+@Suite(.serialized, .enabled(if: Privilege.shouldRun, "needs root for BPF and network namespaces"))
+struct ClusterNetnsTests {
+    /// The cluster under test: hosts by node id, their daemons (restartable), the ring.
+    final class Cluster {
+        let testbeds: [Testbed]
+        let directory: String
+        let pools: [String: String]
+        let domains: [String]
+        let ring: HashRing
+        private(set) var daemons: [ChildProcess?]
+        private(set) var logs: [OutputFile]
+
+        init(testbeds: [Testbed], domains: [String], directory: String, pools: [String: String], ring: HashRing) {
+            self.testbeds = testbeds
+            self.domains = domains
+            self.directory = directory
+            self.pools = pools
+            self.ring = ring
+            daemons = Array(repeating: nil, count: testbeds.count)
+            logs = testbeds.map { _ in OutputFile() }
+        }
+
+        /// Starts node `id`'s daemon and waits until it serves its peer port.
+        func start(_ id: Int) throws {
+            let tb = testbeds[id]
+            let log = OutputFile()
+            logs[id] = log
+            let attach = try L1EndToEndTests.startAttach(tb, [
+                "--tc-attach", "--memcached", "/usr/bin/memcached", "--pool", pools[domains[id]]!,
+                "--config", "\(directory)/node\(id).conf", "--memcached-addr", "\(tb.serverIP4):11211",
+            ], log: log)
+            daemons[id] = attach
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !log.contents().contains("peers served on"), ContinuousClock.now < deadline {
+                if attach.hasExited { throw HarnessError("node \(id): cxl-bmc attach exited: \(log.contents())") }
+                usleep(50_000)
+            }
+            guard log.contents().contains("peers served on") else { throw HarnessError("node \(id): no cluster: \(log.contents())") }
+        }
+
+        /// kill -9: no shutdown, XDP and the pins stay; the partition stays in the pool.
+        func kill9(_ id: Int) {
+            daemons[id]?.signal(SIGKILL)
+            _ = daemons[id]?.wait(timeout: .seconds(10))
+            daemons[id] = nil
+        }
+
+        /// SIGTERM; the exit status.
+        func terminate(_ id: Int) -> Int32? {
+            guard let daemon = daemons[id] else { return nil }
+            daemon.signal(SIGTERM)
+            let status = daemon.wait(timeout: .seconds(20))
+            if status == nil { daemon.signal(SIGKILL); _ = daemon.wait(timeout: .seconds(5)) }
+            daemons[id] = nil
+            return status
+        }
+
+        /// Until every running daemon sees every other up (a node started before its peers first
+        /// sees them down, and its clients back off before retrying).
+        func waitUntilAllUp(timeout: Duration = .seconds(15)) throws {
+            let deadline = ContinuousClock.now + timeout
+            var down: [Int: [Int]] = [:]
+            repeat {
+                down = [:]
+                for id in testbeds.indices where daemons[id] != nil {
+                    let nodes = try ClusterNetnsTests.downNodes(testbeds[id])
+                    if nodes != [] { down[id] = nodes ?? [-1] }
+                }
+                if down.isEmpty { return }
+                usleep(200_000)
+            } while ContinuousClock.now < deadline
+            throw HarnessError("peers still down after \(timeout) (node: down nodes, -1 = no status yet): \(down)")
+        }
+
+        /// Every node's cluster counters (published by the daemon once a second).
+        func counters(_ id: Int) throws -> [String: Int] { try ClusterNetnsTests.counters(testbeds[id]) }
+
+        /// Sets `values` (key → (flags, value)) through node `id`'s memcached in one TCP request:
+        /// noreply sets, then one acknowledged set, so all were applied when it answers.
+        func set(via id: Int, _ values: [(key: String, flags: UInt32, value: String)]) throws {
+            var text = ""
+            for (index, item) in values.enumerated() {
+                let noreply = index == values.count - 1 ? "" : " noreply"
+                text += "set \(item.key) \(item.flags) 0 \(item.value.utf8.count)\(noreply)\r\n\(item.value)\r\n"
+            }
+            let tb = testbeds[id]
+            let reply = try tb.mcLoad(["raw", "--server", tb.serverIP4, "--timeout-ms", "5000", text])
+            guard reply.status == 0, reply.stdout.uppercased().contains("STORED") else { throw HarnessError("sets through node \(id): \(reply)") }
+        }
+
+        /// GETs `keys` through node `id`'s memcached until every one hits (a miss makes the daemon
+        /// promote the key from L3) or `timeout` passes; what the last round returned.
+        func getAll(via id: Int, _ keys: [String], timeout: Duration = .seconds(15)) throws -> [String: McLoad.Get.Item] {
+            let tb = testbeds[id]
+            var found: [String: McLoad.Get.Item] = [:]
+            let deadline = ContinuousClock.now + timeout
+            repeat {
+                let missing = keys.filter { found[$0] == nil }
+                for chunk in stride(from: 0, to: missing.count, by: 40).map({ Array(missing[$0..<min(missing.count, $0 + 40)]) }) {
+                    let got = try tb.mcLoad(["get", "--server", tb.serverIP4, "--json"] + chunk).json(McLoad.Get.self)
+                    for hit in got.hits { found[hit.key] = hit }
+                }
+                if found.count == keys.count { break }
+                usleep(150_000)
+            } while ContinuousClock.now < deadline
+            return found
+        }
+
+        /// The node that owns `key`.
+        func home(_ key: String) -> Int { ring.owner(of: Array(key.utf8))! }
+    }
+
+    /// `cxl-bmc stats IFACE --json`: the daemon's cluster counters.
+    static func counters(_ tb: Testbed) throws -> [String: Int] {
+        let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
+        guard result.status == 0, let data = result.stdout.data(using: .utf8),
+              let all = try JSONSerialization.jsonObject(with: data) as? [String: [String: Any]],
+              let cluster = all[tb.serverIF]?["cluster"] as? [String: Int]
+        else { throw HarnessError("no cluster counters: \(result)") }
+        return cluster
+    }
+
+    /// The nodes a daemon believes down; nil before it published its status.
+    static func downNodes(_ tb: Testbed) throws -> [Int]? {
+        let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
+        guard result.status == 0, let data = result.stdout.data(using: .utf8),
+              let all = try? JSONSerialization.jsonObject(with: data) as? [String: [String: Any]]
+        else { return nil }
+        return all[tb.serverIF]?["down_nodes"] as? [Int]
+    }
+
+    /// Node i in `domains[i]`, 16 MiB slices (each domain's pool made by `pool create --config`
+    /// with a config of one of its nodes), a PSK, and Debian's memcached and a daemon on every host.
+    /// Afterwards SIGTERM must stop every daemon cleanly and leave the pools clean.
+    static func withCluster(domains: [String], _ body: (Cluster) throws -> Void) throws {
+        try Privilege.require()
+        try Testbed.withMany(domains.count) { testbeds in
+            let addresses = try Testbed.lan(testbeds)
+            let directory = NSTemporaryDirectory() + "cxl-bmc-netns-cluster-\(testbeds[0].name)"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            FileManager.default.createFile(atPath: "\(directory)/peer.key", contents: Data(key.utf8),
+                                           attributes: [.posixPermissions: 0o600])
+            let slice = 16 << 20
+            // Each domain's slices tile its own pool from offset 0 (other domains reuse the offsets).
+            var nodeLines: [String] = []
+            for (id, address) in addresses.enumerated() {
+                let base = domains[..<id].filter { $0 == domains[id] }.count * slice
+                nodeLines.append("node\(id)=\(address):11311:\(base):\(slice)")
+                nodeLines.append("node\(id).domain=\(domains[id])")
+            }
+            for id in domains.indices {
+                let text = (["local_node_id=\(id)", "num_nodes=\(domains.count)", "psk_file=peer.key"] + nodeLines)
+                    .joined(separator: "\n") + "\n"
+                FileManager.default.createFile(atPath: "\(directory)/node\(id).conf", contents: Data(text.utf8))
+            }
+            var pools: [String: String] = [:]
+            defer { for path in pools.values { unlink(path) } }
+            for domain in Set(domains).sorted() {
+                let path = "/dev/shm/cxl-bmc-netns-\(testbeds[0].name)-\(domain).pool"
+                pools[domain] = path
+                // A config of one of the domain's nodes lays out that domain's slices only.
+                let member = domains.firstIndex(of: domain)!
+                let create = try runProcess(try Paths.product("cxl-bmc"), [
+                    "pool", "create", path, "--size", String(domains.filter { $0 == domain }.count * slice),
+                    "--config", "\(directory)/node\(member).conf",
+                ])
+                guard create.status == 0 else { throw HarnessError("pool create: \(create)") }
+            }
+            let config = try ClusterConfig.load(path: "\(directory)/node0.conf")
+            let cluster = Cluster(testbeds: testbeds, domains: domains, directory: directory, pools: pools,
+                                  ring: HashRing(config: config))
+            defer { for id in domains.indices { cluster.kill9(id) } }
+            for tb in testbeds { try tb.startMemcached(["-t", "1"]) }
+            for id in domains.indices { try cluster.start(id) }
+            try cluster.waitUntilAllUp()
+
+            try body(cluster)
+
+            for id in domains.indices where cluster.daemons[id] != nil {
+                let log = cluster.logs[id]
+                let status = cluster.terminate(id)
+                #expect(status == 0, "node \(id): exit status after SIGTERM: \(String(describing: status)); log: \(log.contents())")
+                #expect(log.contents().contains("peer port closed"), "node \(id): \(log.contents())")
+                #expect(try !L1EndToEndTests.xdpAttached(testbeds[id]), "XDP left on node \(id)")
+            }
+            for (domain, path) in pools {
+                let check = try runProcess(try Paths.product("cxl-bmc"), ["pool", "check", path])
+                #expect(check.status == 0, "pool of \(domain) is clean after the daemons: \(check)")
+            }
+        }
+    }
+
+    /// Printable values of 1…300 bytes (no spaces: `mc-load get` prints them as they are).
+    static func randomValue(_ key: String) -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:;!?#%&*+=/<>[]{}|~")
+        return key + "=" + String((0..<Int.random(in: 1...300)).map { _ in alphabet.randomElement()! })
+    }
+
+    static func expectExact(_ got: [String: McLoad.Get.Item], _ want: [(key: String, flags: UInt32, value: String)],
+                            _ context: String) {
+        for item in want {
+            guard let hit = got[item.key] else {
+                Issue.record("\(context): \(item.key) was not served")
+                continue
+            }
+            #expect(hit.value == item.value && hit.bytes == item.value.utf8.count, "\(context): \(item.key) \(hit.bytes) bytes, want \(item.value.utf8.count)")
+        }
+    }
+
+    @Test("three hosts of one CXL domain and one of another: puts through any host are read byte-exact through every host; direct reads inside the domain, the network across")
+    func putsThroughAnyHostAreReadThroughEveryHost() throws {
+        try Self.withCluster(domains: ["default", "default", "default", "rackB"]) { cluster in
+            let hosts = cluster.testbeds.indices
+            // Keys written through each host; each host later reads the others' (its memcached lacks them).
+            var written: [[(key: String, flags: UInt32, value: String)]] = hosts.map { _ in [] }
+            for i in 0..<96 {
+                let key = "pk\(i)"
+                written[i % hosts.count].append((key, UInt32.random(in: 0...UInt32.max), Self.randomValue(key)))
+            }
+            // Every host owns keys, and every host's keys are written through another host too.
+            for id in hosts { #expect(written.joined().contains { cluster.home($0.key) == id }, "node \(id) owns a key") }
+            for id in hosts { try cluster.set(via: id, written[id]) }
+            usleep(1_000_000) // written through to each key's home partition
+
+            for reader in hosts {
+                let wanted = hosts.filter { $0 != reader }.flatMap { written[$0] }
+                let got = try cluster.getAll(via: reader, wanted.map(\.key))
+                Self.expectExact(got, wanted, "read through node \(reader)")
+            }
+            usleep(1_200_000) // the daemons publish their counters once a second
+            let rackB = hosts.last!
+            for reader in hosts {
+                let c = try cluster.counters(reader)
+                let read = hosts.filter { $0 != reader }.flatMap { written[$0] }.map { cluster.home($0.key) }
+                let byPath = (local: read.filter { $0 == reader }.count,
+                              direct: read.filter { $0 != reader && cluster.domains[$0] == cluster.domains[reader] }.count,
+                              network: read.filter { cluster.domains[$0] != cluster.domains[reader] }.count)
+                // Repeated GETs before a promotion lands can look a key up twice: at least, never a wrong path.
+                #expect(c["local_hits"]! >= byPath.local && c["direct_hits"]! >= byPath.direct
+                        && c["remote_hits"]! >= byPath.network, "node \(reader): \(c), expected at least \(byPath)")
+                if reader == rackB {
+                    #expect(c["direct_hits"] == 0 && c["remote_hits"]! > 0, "rackB reads the default domain over the network: \(c)")
+                } else {
+                    #expect(c["direct_hits"]! > 0 && c["remote_hits"]! > 0, "direct inside the domain, network to rackB: \(c)")
+                }
+                #expect(c["peer_errors"] == 0 && c["failover_writes"] == 0 && c["writes_kept_locally"] == 0, "node \(reader): \(c)")
+            }
+        }
+    }
+}
