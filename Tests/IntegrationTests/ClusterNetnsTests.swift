@@ -83,7 +83,9 @@ struct ClusterNetnsTests {
         }
 
         /// Every node's cluster counters (published by the daemon once a second).
-        func counters(_ id: Int) throws -> [String: Int] { try ClusterNetnsTests.counters(testbeds[id]) }
+        func counters(_ id: Int, _ object: String = "cluster") throws -> [String: Int] {
+            try ClusterNetnsTests.counters(testbeds[id], object)
+        }
 
         /// Sets `values` (key → (flags, value)) through node `id`'s memcached in one TCP request:
         /// noreply sets, then one acknowledged set, so all were applied when it answers.
@@ -120,14 +122,15 @@ struct ClusterNetnsTests {
         func home(_ key: String) -> Int { ring.owner(of: Array(key.utf8))! }
     }
 
-    /// `cxl-bmc stats IFACE --json`: the daemon's cluster counters.
-    static func counters(_ tb: Testbed) throws -> [String: Int] {
+    /// `cxl-bmc stats IFACE --json`: the daemon's counters of `object` (`cluster`: paths, peers;
+    /// `l3`: the write-through and promotions).
+    static func counters(_ tb: Testbed, _ object: String = "cluster") throws -> [String: Int] {
         let result = try runProcess(try Paths.product("cxl-bmc"), ["stats", tb.serverIF, "--json"])
         guard result.status == 0, let data = result.stdout.data(using: .utf8),
               let all = try JSONSerialization.jsonObject(with: data) as? [String: [String: Any]],
-              let cluster = all[tb.serverIF]?["cluster"] as? [String: Int]
-        else { throw HarnessError("no cluster counters: \(result)") }
-        return cluster
+              let counters = all[tb.serverIF]?[object] as? [String: Int]
+        else { throw HarnessError("no \(object) counters: \(result)") }
+        return counters
     }
 
     /// The nodes a daemon believes down; nil before it published its status.
@@ -257,6 +260,93 @@ struct ClusterNetnsTests {
                 }
                 #expect(c["peer_errors"] == 0 && c["failover_writes"] == 0 && c["writes_kept_locally"] == 0, "node \(reader): \(c)")
             }
+        }
+    }
+
+    typealias Write = (key: String, flags: UInt32, value: String)
+
+    static func writes(_ prefix: String, _ count: Int) -> [Write] {
+        (0..<count).map { i in ("\(prefix)\(i)", UInt32.random(in: 0...UInt32.max), randomValue("\(prefix)\(i)")) }
+    }
+
+    @Test("one host's daemon killed mid-load: its keys stay readable by direct reads, writes fail over with no error to callers, and after its restart no read is stale")
+    func killOneHostsDaemonMidLoad() throws {
+        try Self.withCluster(domains: ["default", "default", "default"]) { cluster in
+            let (a, b, c) = (0, 1, 2)
+            let tbA = cluster.testbeds[a]
+            // Written through A before the failure; C's and B's memcached never hold them.
+            let before = Self.writes("fk", 90)
+            try cluster.set(via: a, before)
+            usleep(1_000_000)
+            let homedOnB = before.filter { cluster.home($0.key) == b }
+            #expect(homedOnB.count >= 15, "node 1 owns a third of the keys: \(homedOnB.count)")
+
+            // The load: the stale checker writing through A (TCP, rising versions) and reading back
+            // (UDP, L1 in front of memcached) while B's daemon dies.
+            let out = OutputFile()
+            let load = try ChildProcess(
+                "/usr/bin/nsenter",
+                ["--net=/run/netns/\(tbA.clientNS)", try Paths.product("mc-load"), "stale-check", "--server", tbA.serverIP4,
+                 "--duration", "6", "--keys", "48", "--readers", "2", "--write-interval-us", "300", "--json"],
+                stdout: out.path, stderr: out.path)
+            usleep(1_500_000)
+            #expect(!load.hasExited, "the load must still run when the daemon dies: \(out.contents())")
+            cluster.kill9(b)
+
+            // B's partition stays in the shared pool: C reads B's keys directly, byte-exact.
+            let during = try cluster.getAll(via: c, before.map(\.key))
+            Self.expectExact(during, before, "through C while B's daemon is dead")
+            // Writes through A while B is dead: new keys, and new values for the old ones.
+            let fresh = Self.writes("gk", 90)
+            let overwritten: [Write] = before.map { ($0.key, $0.flags &+ 1, Self.randomValue($0.key)) }
+            try cluster.set(via: a, fresh + overwritten)
+
+            #expect(load.wait(timeout: .seconds(60)) == 0, "\(out.contents())")
+            let loadRun = ProcessResult(command: ["mc-load", "stale-check"], status: 0, stdout: out.contents(), stderr: "")
+            let checked = try loadRun.json(McLoad.StaleCheck.self)
+            #expect(checked.stale == 0 && checked.corrupt == 0 && checked.writes > 1000 && checked.reads > 1000, "\(out.contents())")
+            usleep(1_500_000) // written through, counters published
+
+            let countersA = try cluster.counters(a)
+            let movedWrites = (fresh + overwritten).filter { cluster.home($0.key) == b }.count
+            #expect(countersA["failover_writes"]! >= movedWrites, "A's writes of B's keys went to the next node: \(countersA)")
+            #expect(countersA["writes_kept_locally"] == 0, "\(countersA)")
+            #expect(try Self.downNodes(tbA) == [b])
+            // No write was lost or refused on its way to L3: the write-through reports no failure.
+            let l3A = try cluster.counters(a, "l3")
+            #expect(l3A["failures"] == 0 && l3A["dropped"] == 0, "A's write-through: \(l3A)")
+            let countersC = try cluster.counters(c)
+            #expect(countersC["direct_hits"]! >= homedOnB.count, "B's keys read from B's partition: \(countersC)")
+            // And what was written meanwhile is read through C (B's keys from the node they failed over to).
+            Self.expectExact(try cluster.getAll(via: c, fresh.map(\.key)), fresh, "new keys through C while B is dead")
+
+            // B restarts on the same pool: its partition still holds the older values of its keys.
+            try cluster.start(b)
+            try cluster.waitUntilAllUp()
+            #expect(cluster.logs[b].contents().contains("reused"), "\(cluster.logs[b].contents())")
+            // Through B (whose memcached holds none of them): every key's newest value, never the older one in B's partition.
+            Self.expectExact(try cluster.getAll(via: b, overwritten.map(\.key)), overwritten, "overwritten keys through B after its restart")
+            Self.expectExact(try cluster.getAll(via: b, fresh.map(\.key)), fresh, "new keys through B after its restart")
+            // The checker's hot keys: B promotes exactly what A's memcached acknowledged last.
+            let hot = (0..<48).map { "stale:\($0)" }
+            let latest = try cluster.getAll(via: a, hot)
+            #expect(latest.count == hot.count)
+            let throughB = try cluster.getAll(via: b, hot)
+            for key in hot {
+                #expect(throughB[key]?.value == latest[key]?.value, "\(key) through B after the restart: not the newest write")
+            }
+            usleep(1_200_000)
+            let countersB = try cluster.counters(b)
+            let bHomedOverwritten = overwritten.filter { cluster.home($0.key) == b }.count
+            #expect(countersB["direct_hits"]! >= bHomedOverwritten,
+                    "B's own keys answered from the node holding the newer write: \(countersB)")
+
+            // The restarted host's whole stack under load: no stale read.
+            let tbB = cluster.testbeds[b]
+            let afterRun = try tbB.mcLoad(["stale-check", "--server", tbB.serverIP4, "--duration", "2", "--readers", "2",
+                                           "--write-interval-us", "300", "--json"], timeout: .seconds(30))
+            let after = try afterRun.json(McLoad.StaleCheck.self)
+            #expect(after.stale == 0 && after.corrupt == 0 && after.hits > 100, "\(afterRun)")
         }
     }
 }
