@@ -232,12 +232,14 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                 }
             case .network:
                 guard isUp(id), let client = member.client else { continue }
-                switch blocking({ try await client.get(key) }) {
-                case .success(let found?):
+                switch blocking({ try await client.lookup(key) }) {
+                case .success(.item(let found)):
                     let expires = found.ttl.map { Int64(currentUnixTime() + $0) } ?? 0
                     offer(found.cas, L3Item(value: found.value, flags: found.flags, exptimeUnix: expires,
                                             version: found.cas), .network)
-                case .success(nil): break
+                // A tombstone's version (`EN c<version>`) outvotes older copies, as a direct read's does.
+                case .success(.deleted(let version)): offer(version, nil, .network)
+                case .success(.absent): break
                 case .failure(let error):
                     count { $0.peerErrors += 1 }
                     logger.debug("read of a key from node \(id) failed: \(error)")

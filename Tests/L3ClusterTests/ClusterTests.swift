@@ -238,6 +238,35 @@ struct ClusterTests {
         }
     }
 
+    @Test("over the network a deletion's version outvotes an older copy on another node (EN c<version>)")
+    func networkTombstoneOutvotesOlderCopy() async throws {
+        // Three domains: every peer of every node is reached over the network.
+        let cluster = try Cluster(domains: ["a", "b", "c"])
+        let config = cluster.configs[0]
+        let psk = try PreSharedKey.load(path: config.pskFile!)
+        let ring = cluster.store(0).ring
+        // A key whose two candidates (owner, next) are nodes 0 and 1: node 2 only reads it remotely.
+        let key = try #require((0..<10_000).lazy.map(Self.key).first { Set(ring.owners(of: $0, replicas: 2)) == [0, 1] })
+        let candidates = ring.owners(of: key, replicas: 2)
+        func client(_ id: Int) -> PeerClient {
+            PeerClient(address: config.node(id)!.address, configuration: .init(localNodeID: 2, peerNodeID: id, psk: psk),
+                       eventLoop: NIOSingletons.posixEventLoopGroup.next())
+        }
+        let (holder, deleter) = (client(candidates[0]), client(candidates[1]))
+        defer { Task { await holder.shutdown(); await deleter.shutdown() } }
+        // The owner holds a put at version 100; the next node (where a failed-over delete lands) deleted it at 200.
+        #expect(try await holder.set(key, value: Array("old".utf8), version: 100) == .stored(cas: 100))
+        #expect(try await deleter.delete(key, version: 200) == .deleted)
+        #expect(try await deleter.lookup(key) == .deleted(version: 200))
+        let reader = cluster.store(2)
+        #expect(reader.members[candidates[0]]?.path == .network && reader.members[candidates[1]]?.path == .network)
+        #expect(try reader.get(key: key) == nil, "deleted at 200 must hide the copy written at 100")
+        // A newer put wins over the deletion again.
+        #expect(try await holder.set(key, value: Array("new".utf8), version: 300) == .stored(cas: 300))
+        #expect(try reader.get(key: key)?.value == Array("new".utf8))
+        #expect(try reader.get(key: key)?.version == 300)
+    }
+
     @Test("versioned peer writes: an older E<version> is refused, a delete is remembered")
     func versionedPeerWrites() async throws {
         let cluster = try Cluster(domains: ["default", "rackB"])
