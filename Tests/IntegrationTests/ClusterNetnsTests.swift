@@ -30,14 +30,16 @@ struct ClusterNetnsTests {
             logs = testbeds.map { _ in OutputFile() }
         }
 
-        /// Starts node `id`'s daemon and waits until it serves its peer port.
-        func start(_ id: Int) throws {
+        /// Starts node `id`'s daemon (with `nodeID.conf`, or `nodeID-SUFFIX.conf`) and waits until
+        /// it serves its peer port.
+        func start(_ id: Int, config suffix: String? = nil) throws {
             let tb = testbeds[id]
             let log = OutputFile()
             logs[id] = log
             let attach = try L1EndToEndTests.startAttach(tb, [
                 "--tc-attach", "--memcached", "/usr/bin/memcached", "--pool", pools[domains[id]]!,
-                "--config", "\(directory)/node\(id).conf", "--memcached-addr", "\(tb.serverIP4):11211",
+                "--config", "\(directory)/node\(id)\(suffix.map { "-" + $0 } ?? "").conf",
+                "--memcached-addr", "\(tb.serverIP4):11211",
             ], log: log)
             daemons[id] = attach
             let deadline = ContinuousClock.now + .seconds(20)
@@ -145,7 +147,9 @@ struct ClusterNetnsTests {
     /// Node i in `domains[i]`, 16 MiB slices (each domain's pool made by `pool create --config`
     /// with a config of one of its nodes), a PSK, and Debian's memcached and a daemon on every host.
     /// Afterwards SIGTERM must stop every daemon cleanly and leave the pools clean.
-    static func withCluster(domains: [String], _ body: (Cluster) throws -> Void) throws {
+    /// With `running`, only the first `running` nodes are in `nodeID.conf` and started (the pools
+    /// are laid out for all); `nodeID-all.conf` names every node.
+    static func withCluster(domains: [String], running: Int? = nil, _ body: (Cluster) throws -> Void) throws {
         try Privilege.require()
         try Testbed.withMany(domains.count) { testbeds in
             let addresses = try Testbed.lan(testbeds)
@@ -163,10 +167,13 @@ struct ClusterNetnsTests {
                 nodeLines.append("node\(id)=\(address):11311:\(base):\(slice)")
                 nodeLines.append("node\(id).domain=\(domains[id])")
             }
+            let started = running ?? domains.count
             for id in domains.indices {
-                let text = (["local_node_id=\(id)", "num_nodes=\(domains.count)", "psk_file=peer.key"] + nodeLines)
-                    .joined(separator: "\n") + "\n"
-                FileManager.default.createFile(atPath: "\(directory)/node\(id).conf", contents: Data(text.utf8))
+                for (name, count) in [("node\(id)-all", domains.count), ("node\(id)", started)] where id < count {
+                    let text = (["local_node_id=\(id)", "num_nodes=\(count)", "psk_file=peer.key"] + nodeLines.prefix(2 * count))
+                        .joined(separator: "\n") + "\n"
+                    FileManager.default.createFile(atPath: "\(directory)/\(name).conf", contents: Data(text.utf8))
+                }
             }
             var pools: [String: String] = [:]
             defer { for path in pools.values { unlink(path) } }
@@ -177,16 +184,16 @@ struct ClusterNetnsTests {
                 let member = domains.firstIndex(of: domain)!
                 let create = try runProcess(try Paths.product("cxl-bmc"), [
                     "pool", "create", path, "--size", String(domains.filter { $0 == domain }.count * slice),
-                    "--config", "\(directory)/node\(member).conf",
+                    "--config", "\(directory)/node\(member)-all.conf",
                 ])
                 guard create.status == 0 else { throw HarnessError("pool create: \(create)") }
             }
-            let config = try ClusterConfig.load(path: "\(directory)/node0.conf")
+            let config = try ClusterConfig.load(path: "\(directory)/node0-all.conf")
             let cluster = Cluster(testbeds: testbeds, domains: domains, directory: directory, pools: pools,
                                   ring: HashRing(config: config))
             defer { for id in domains.indices { cluster.kill9(id) } }
             for tb in testbeds { try tb.startMemcached(["-t", "1"]) }
-            for id in domains.indices { try cluster.start(id) }
+            for id in 0..<started { try cluster.start(id) }
             try cluster.waitUntilAllUp()
 
             try body(cluster)
@@ -347,6 +354,53 @@ struct ClusterNetnsTests {
                                            "--write-interval-us", "300", "--json"], timeout: .seconds(30))
             let after = try afterRun.json(McLoad.StaleCheck.self)
             #expect(after.stale == 0 && after.corrupt == 0 && after.hits > 100, "\(afterRun)")
+        }
+    }
+
+    @Test("a 4th host joins 3: every daemon restarted with the new nodes.conf, only the keys the new ring places on it move, and it serves them from its own partition")
+    func aFourthHostJoins() throws {
+        try Self.withCluster(domains: ["default", "default", "default", "default"], running: 3) { cluster in
+            // The ring of the config the cluster runs now (3 nodes); `cluster.ring` is the 4-node one.
+            let ring3 = HashRing(config: try ClusterConfig.load(path: "\(cluster.directory)/node0.conf"))
+            let written = Self.writes("jk", 360)
+            for id in 0..<3 { try cluster.set(via: id, Array(written[(id * 120)..<((id + 1) * 120)])) }
+            usleep(1_500_000)
+            for id in 0..<3 { #expect(try cluster.counters(id)["failover_writes"] == 0) }
+            let moving = written.filter { cluster.home($0.key) == 3 }
+            #expect(written.allSatisfy { cluster.home($0.key) == 3 || cluster.home($0.key) == ring3.owner(of: Array($0.key.utf8)) },
+                    "a new node takes keys only to itself")
+
+            // The new host first, then each old one restarted with the four-node config.
+            try cluster.start(3, config: "all")
+            for id in 0..<3 {
+                #expect(cluster.terminate(id) == 0)
+                try cluster.start(id, config: "all")
+            }
+            try cluster.waitUntilAllUp()
+            // Each old host hands off in the background; wait for all of it to be answered.
+            var handedOff: [[String: Int]] = []
+            let deadline = ContinuousClock.now + .seconds(30)
+            repeat {
+                usleep(500_000)
+                handedOff = try (0..<3).map { try cluster.counters($0) }
+            } while ContinuousClock.now < deadline && handedOff.contains {
+                ($0["handoff_applied"] ?? 0) + ($0["handoff_already_newer"] ?? 0) + ($0["handoff_failed"] ?? 0) < ($0["handoff_moved"] ?? 0)
+            } || handedOff.map { $0["handoff_moved"] ?? 0 }.reduce(0, +) < moving.count
+            let moved = handedOff.map { $0["handoff_moved"]! }.reduce(0, +)
+            let fraction = Double(moved) / Double(written.count)
+            print("a 4th host joins 3: \(moved) of \(written.count) keys handed off (\(String(format: "%.3f", fraction)))")
+            #expect(moved == moving.count, "exactly the keys the new ring places on node 3: \(handedOff)")
+            #expect((0.15...0.35).contains(fraction), "≈ 1/4 of the keys move: \(fraction)")
+            #expect(handedOff.map { $0["handoff_applied"]! }.reduce(0, +) == moving.count, "\(handedOff)")
+            #expect(handedOff.allSatisfy { $0["handoff_failed"] == 0 }, "\(handedOff)")
+            #expect(try cluster.counters(3)["handoff_moved"] == 0)
+
+            // The new host's memcached holds nothing: every key is promoted from L3, byte-exact, and
+            // the ones now homed on it from its own partition.
+            Self.expectExact(try cluster.getAll(via: 3, written.map(\.key)), written, "through the new host")
+            usleep(1_200_000)
+            let c = try cluster.counters(3)
+            #expect(c["local_hits"]! >= moving.count, "moved keys served from node 3's own partition: \(c)")
         }
     }
 }
