@@ -32,7 +32,7 @@ extension ClusterL3Store {
 
     /// Scans this host's partition and sends every key the ring places elsewhere to its nodes.
     /// Waits up to `waitForNodes` for those nodes to answer a heartbeat first (a joining node
-    /// may start after this one); `heartbeatsRunning` must hold (``startHeartbeats(interval:)``).
+    /// may start after this one): without ``startHeartbeats(interval:)`` it waits all of it.
     public func handOff(waitForNodes: Duration = .seconds(30), concurrency: Int = 64) -> HandOffReport {
         let started = ContinuousClock.now
         var report = HandOffReport()
