@@ -7,15 +7,21 @@ import Glibc
 // holds. Read-only and validated like every lookup; nothing else in CXLTier depends on it.
 
 extension PartitionReader {
-    /// The key of every record the partition's index points at — live items, tombstones and
-    /// expired items alike — each copied out and accepted only when its checksum, its slot
-    /// (re-read after the copy) and its index tag and bucket agree. A snapshot: keys written
-    /// during the scan may be missing; a key is listed once per index slot (normally once). Use
-    /// ``versioned(_:)`` for what each key holds now.
+    /// The keys of ``forEachIndexedKey(_:)``, collected (small partitions, tests).
     public func indexedKeys() -> [[UInt8]] {
+        var keys: [[UInt8]] = []
+        forEachIndexedKey { keys.append($0) }
+        return keys
+    }
+
+    /// Calls `body` with the key of every record the partition's index points at — live items,
+    /// tombstones and expired items alike — each copied out and accepted only when its checksum,
+    /// its slot (re-read after the copy) and its index tag and bucket agree. Not a snapshot: keys
+    /// written during the scan may be missed; a key comes once per index slot (normally once).
+    /// Use ``versioned(_:)`` for what a key holds now.
+    public func forEachIndexedKey(_ body: ([UInt8]) throws -> Void) rethrows {
         let m = memory
         let logSize = m.geometry.logSize
-        var keys: [[UInt8]] = []
         for bucket in 0..<m.geometry.bucketCount {
             m.invalidate(m.bucketAddress(bucket), count: PoolFormat.line)
             for i in 0..<PoolFormat.slotsPerBucket {
@@ -47,9 +53,8 @@ extension PartitionReader {
                     guard h.tag == s >> 48, h.bucket1 == bucket || h.bucket2 == bucket else { return nil }
                     return [UInt8](key)
                 }
-                if let key { keys.append(key) }
+                if let key { try body(key) }
             }
         }
-        return keys
     }
 }

@@ -12,7 +12,7 @@ import Synchronization
 /// to repeat: a node holding a newer (or the same) version keeps it.
 extension ClusterL3Store {
     public struct HandOffReport: Sendable, Equatable, CustomStringConvertible {
-        /// Distinct keys found in this host's partition.
+        /// Index entries found in this host's partition (one per key, normally).
         public var scanned = 0
         /// Keys the ring no longer places on this host (their state was sent to their nodes).
         public var moved = 0
@@ -22,11 +22,14 @@ extension ClusterL3Store {
         public var alreadyNewer = 0
         /// Writes that could not be delivered (the node stayed unreachable).
         public var failed = 0
+        /// Keys gone from the partition between the scan and their send (reclaimed): nothing to send.
+        public var vanished = 0
         public var seconds = 0.0
 
         public var description: String {
             "scanned \(scanned) keys, \(moved) now placed on other nodes: \(applied) applied there, "
-                + "\(alreadyNewer) already held newer, \(failed) not delivered (\(String(format: "%.2f", seconds)) s)"
+                + "\(alreadyNewer) already held newer, \(failed) not delivered, \(vanished) reclaimed meanwhile "
+                + "(\(String(format: "%.2f", seconds)) s)"
         }
     }
 
@@ -43,22 +46,25 @@ extension ClusterL3Store {
             return report
         }
         let mark = try? CXLTierStore.flushMark(pool: pool, partition: local.partition)
-        let now = Int64(currentUnixTime())
-        var plan: [(key: [UInt8], state: VersionedLookup, nodes: [NodeID])] = []
-        var seen = Set<[UInt8]>()
-        for key in reader.indexedKeys() where seen.insert(key).inserted {
+        /// What to send for `key` now: its newest state, unless absent or flushed (nothing to keep).
+        let current: @Sendable ([UInt8]) -> VersionedLookup = { key in
+            let state = reader.versioned(key)
+            if case .item(let item) = state,
+               mark?.hides(L3Item(value: [], flags: item.flags, exptimeUnix: Int64(item.exptime), version: item.version),
+                           now: Int64(currentUnixTime())) ?? false {
+                return .absent
+            }
+            return state
+        }
+        // Only the moving keys are kept (not their values: a partition's share can be large);
+        // each key's state is read again right before it is sent.
+        var plan: [(key: [UInt8], nodes: [NodeID])] = []
+        var planned = Set<[UInt8]>()
+        reader.forEachIndexedKey { key in
             report.scanned += 1
             let nodes = ring.owners(of: key, replicas: replicas)
-            guard !nodes.contains(me) else { continue }
-            let state = reader.versioned(key)
-            switch state {
-            case .absent: continue
-            case .item(let item):
-                let l3 = L3Item(value: item.value, flags: item.flags, exptimeUnix: Int64(item.exptime), version: item.version)
-                if mark?.hides(l3, now: now) ?? false { continue } // flushed: nothing to keep
-            case .gone: break
-            }
-            plan.append((key, state, nodes))
+            guard !nodes.contains(me), current(key) != .absent, planned.insert(key).inserted else { return }
+            plan.append((key, nodes))
         }
         report.moved = plan.count
         count { $0.handOffMoved += UInt64(plan.count) }
@@ -77,8 +83,8 @@ extension ClusterL3Store {
             usleep(50_000)
         }
 
-        enum Outcome: Sendable { case applied, alreadyNewer, failed }
-        typealias Send = (key: [UInt8], state: VersionedLookup, node: NodeID)
+        enum Outcome: Sendable { case applied, alreadyNewer, failed, vanished }
+        typealias Send = (key: [UInt8], node: NodeID)
         let clients = members.compactMapValues(\.client)
         let logger = logger
         let width = max(1, concurrency)
@@ -94,10 +100,11 @@ extension ClusterL3Store {
                             running -= 1
                         }
                         guard let client = clients[send.node] else { continue }
+                        let state = current(send.key)
                         running += 1
                         group.addTask {
                             do {
-                                switch send.state {
+                                switch state {
                                 case .item(let item):
                                     // T: absolute unix time (over 30 days memcached reads T as absolute), 0 never.
                                     let stored = try await client.set(send.key, value: item.value, flags: item.flags,
@@ -107,7 +114,7 @@ extension ClusterL3Store {
                                     let deleted = try await client.delete(send.key, version: version)
                                     return (index, deleted == .deleted ? .applied : .alreadyNewer)
                                 case .absent:
-                                    return (index, .applied)
+                                    return (index, .vanished)
                                 }
                             } catch {
                                 logger.debug("hand-off of a key to node \(send.node) failed: \(error)")
@@ -122,7 +129,7 @@ extension ClusterL3Store {
             return (try? result.get()) ?? sends.map { _ in .failed }
         }
         // Versioned writes are idempotent: what failed (a timeout on a busy peer) is sent again.
-        var pending: [Send] = plan.flatMap { entry in entry.nodes.map { (entry.key, entry.state, $0) } }
+        var pending: [Send] = plan.flatMap { entry in entry.nodes.map { (entry.key, $0) } }
         for attempt in 0..<3 where !pending.isEmpty && !heartbeatStop.load(ordering: .acquiring) {
             if attempt > 0 { usleep(500_000) }
             let outcomes = deliver(pending)
@@ -132,6 +139,7 @@ extension ClusterL3Store {
                 case .applied: report.applied += 1
                 case .alreadyNewer: report.alreadyNewer += 1
                 case .failed: failed.append(send)
+                case .vanished: report.vanished += 1
                 }
             }
             pending = failed

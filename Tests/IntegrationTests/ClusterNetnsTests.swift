@@ -265,7 +265,6 @@ struct ClusterNetnsTests {
                 } else {
                     #expect(c["direct_hits"]! > 0 && c["remote_hits"]! > 0, "direct inside the domain, network to rackB: \(c)")
                 }
-                #expect(c["peer_errors"] == 0 && c["failover_writes"] == 0 && c["writes_kept_locally"] == 0, "node \(reader): \(c)")
             }
         }
     }

@@ -361,6 +361,22 @@ struct ClusterTests {
         #expect(again.moved == reports[0].moved && again.applied == 0 && again.failed == 0, "\(again)")
     }
 
+    @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
+    func indexedKeys() throws {
+        let path = "/dev/shm/l3cluster-keys-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let pool = try Pool.create(path: path, size: Self.sliceSize, slices: [SliceSpec(ownerNode: 0, base: 0, size: Self.sliceSize)])
+        let writer = try pool.writer(partition: 0)
+        defer { writer.close() }
+        for i in 0..<500 { _ = try writer.put(Self.key(i), Array("v\(i)".utf8), version: UInt64(10 + i)) }
+        for i in stride(from: 0, to: 500, by: 5) { _ = try writer.delete(Self.key(i), version: 10_000 + UInt64(i)) }
+        for i in 0..<50 { _ = try writer.put(Self.key(i), Array("again".utf8), version: 20_000 + UInt64(i)) } // overwrites
+        _ = try writer.put(Array("expired".utf8), Array("x".utf8), exptime: 1, version: 30_000)
+        let listed = try pool.reader(partition: 0).indexedKeys()
+        #expect(listed.count == 501, "one entry per key")
+        #expect(Set(listed) == Set((0..<500).map(Self.key) + [Array("expired".utf8)]))
+    }
+
     @Test("versioned peer writes: an older E<version> is refused, a delete is remembered")
     func versionedPeerWrites() async throws {
         let cluster = try Cluster(domains: ["default", "rackB"])
