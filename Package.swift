@@ -114,7 +114,7 @@ let package = Package(
         ),
         // Processes, the netns test bed and mc-load's results, shared by the end-to-end test targets.
         .target(name: "NetnsTestSupport", path: "Tests/NetnsTestSupport"),
-        .testTarget(name: "IntegrationTests", dependencies: ["NetnsTestSupport", "MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["NetnsTestSupport", "MemcacheClient", "MemcachedProbes", "Loader", "ProbeTargets", "L3Sync", "CXLTier", "Peering"]),
         .testTarget(name: "ProbeTargetsTests", dependencies: ["ProbeTargets"]),
         // Fault injection, the mini-soak and the threat model's checks (issue 7): the daemon, memcached
         // and the pool killed, damaged or starved under load. Support/ is a copy of IntegrationTests'.

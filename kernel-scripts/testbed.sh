@@ -7,6 +7,10 @@
 #                                   UDP and TCP port 11211 unless ARGs override; prints MEMCACHED_PID=…
 #   testbed.sh link NAME OTHER      join NAME-srv and OTHER-srv (two test beds: two hosts) by a veth
 #                                   pair; prints LINK_IP4=… (NAME's end) and LINK_PEER_IP4=… (OTHER's)
+#   testbed.sh lan NAME MEMBER…     a hosts' network for more than two hosts: a bridge in namespace
+#                                   NAME-lan, one veth from it to each MEMBER-srv (NAME may be a
+#                                   member); prints LAN_IP4_<MEMBER>=10.215.N.<i> (i = 1, 2, … in
+#                                   order); `down NAME` removes it
 #
 # Environment: TESTBED_SUBNET=N picks 10.213.N.0/24 and fd00:213:N::/64 (N in 1..254); by default
 # N is derived from NAME. Commands run inside with `nsenter --net=/run/netns/NAME-cli …`, which,
@@ -19,7 +23,7 @@ STATE_ROOT=/run/cxl-bmc-testbed
 die() { echo "testbed: $*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,14s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -128,7 +132,7 @@ cmd_down() {
         [ -e "$pidfile" ] && kill_memcached "$pidfile"
     done
     # Deleting a namespace deletes the veth end inside it, and with it the peer.
-    for ns in "$SERVER_NS" "$CLIENT_NS"; do
+    for ns in "$SERVER_NS" "$CLIENT_NS" "$NAME-lan"; do
         [ -e "/run/netns/$ns" ] && ip netns del "$ns"
     done
     rm -rf "$STATE"
@@ -168,6 +172,29 @@ cmd_link() {
     echo "LINK_PEER_IP4=10.214.$SUBNET.2"
 }
 
+# Several hosts on one L2 segment: a bridge in its own namespace (NAME-lan), each member's
+# server namespace joined to it by a veth pair named lan0 on the host's side.
+cmd_lan() {
+    [ -f "$STATE/env" ] || die "$NAME is not up"
+    [ $# -ge 1 ] && [ $# -le 250 ] || die "lan needs 1 to 250 members"
+    local lan_ns=$NAME-lan member i=0
+    for member in "$@"; do
+        [ -f "$STATE_ROOT/$member/env" ] || die "$member is not up"
+    done
+    [ -e "/run/netns/$lan_ns" ] && die "$NAME already has a lan"
+    ip netns add "$lan_ns"
+    ip -n "$lan_ns" link add br0 type bridge
+    ip -n "$lan_ns" link set br0 up
+    for member in "$@"; do
+        i=$((i + 1))
+        ip link add "$member-l" netns "$lan_ns" type veth peer name lan0 netns "$member-srv"
+        ip -n "$lan_ns" link set "$member-l" master br0 up
+        ip -n "$member-srv" addr add "10.215.$SUBNET.$i/24" dev lan0
+        ip -n "$member-srv" link set lan0 up
+        echo "LAN_IP4_$member=10.215.$SUBNET.$i"
+    done
+}
+
 [ $# -ge 2 ] || usage
 cmd=$1
 setup_names "$2"
@@ -177,5 +204,6 @@ case $cmd in
     down)      [ $# -eq 0 ] || usage; cmd_down ;;
     memcached) cmd_memcached "$@" ;;
     link)      [ $# -eq 1 ] || usage; cmd_link "$1" ;;
+    lan)       cmd_lan "$@" ;;
     *)         usage ;;
 esac

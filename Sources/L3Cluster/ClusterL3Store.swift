@@ -55,6 +55,13 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         public var cxlBytesRead: UInt64 = 0
         public var cxlBytesWritten: UInt64 = 0
         /// Lookup latency: total and a log2 histogram (bucket i: < 2^i ns).
+        /// Membership change: keys this host's partition held that the ring now places on other
+        /// nodes (sent there at start), how many those nodes applied, how many they refused
+        /// because they held a newer (or the same) version, and how many could not be sent.
+        public var handOffMoved: UInt64 = 0
+        public var handOffApplied: UInt64 = 0
+        public var handOffAlreadyNewer: UInt64 = 0
+        public var handOffFailed: UInt64 = 0
         public var lookupNsTotal: UInt64 = 0
         public var lookupNsHistogram: [UInt64] = Array(repeating: 0, count: 40)
 
@@ -100,13 +107,15 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     public let replicas: Int
     public let local: CXLTierStore
     public let members: [NodeID: Member]
-    private let pool: Pool
+    let pool: Pool
     /// The partitions of this host's domain, whose flush_all marks every read applies.
     private let domainPartitions: [Int]
     private let counters = Mutex(Counters())
     private let down = Mutex<Set<NodeID>>([])
-    private let logger: Logger
-    private let heartbeatStop = Atomic<Bool>(false)
+    let logger: Logger
+    let heartbeatStop = Atomic<Bool>(false)
+    /// Heartbeat rounds completed: until the first, every peer is presumed up.
+    let heartbeatRounds = Atomic<Int>(0)
 
     /// `pool`: the shared pool holding this host's partition (and its domain's); `clients`: one
     /// per peer (every node but this one).
@@ -154,7 +163,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     /// Nodes currently believed down (a failed request or heartbeat; up again at the next answer).
     public var downNodes: Set<NodeID> { down.withLock { $0 } }
 
-    private func isUp(_ id: NodeID) -> Bool { !down.withLock { $0.contains(id) } }
+    func isUp(_ id: NodeID) -> Bool { !down.withLock { $0.contains(id) } }
 
     private func mark(_ id: NodeID, up: Bool) {
         let changed = down.withLock { set -> Bool in
@@ -185,6 +194,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                     let ok = (try? blocking { try await member.client!.noop() }.get()) != nil
                     mark(member.node.id, up: ok)
                 }
+                heartbeatRounds.add(1, ordering: .releasing)
                 Thread.sleep(forTimeInterval: interval)
             }
         }
@@ -232,12 +242,14 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                 }
             case .network:
                 guard isUp(id), let client = member.client else { continue }
-                switch blocking({ try await client.get(key) }) {
-                case .success(let found?):
+                switch blocking({ try await client.lookup(key) }) {
+                case .success(.item(let found)):
                     let expires = found.ttl.map { Int64(currentUnixTime() + $0) } ?? 0
                     offer(found.cas, L3Item(value: found.value, flags: found.flags, exptimeUnix: expires,
                                             version: found.cas), .network)
-                case .success(nil): break
+                // A tombstone's version (`EN c<version>`) outvotes older copies, as a direct read's does.
+                case .success(.deleted(let version)): offer(version, nil, .network)
+                case .success(.absent): break
                 case .failure(let error):
                     count { $0.peerErrors += 1 }
                     logger.debug("read of a key from node \(id) failed: \(error)")
@@ -383,7 +395,7 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         }
     }
 
-    private func count(_ update: (inout Counters) -> Void) {
+    func count(_ update: (inout Counters) -> Void) {
         counters.withLock { (c: inout Counters) -> Void in update(&c) }
     }
 }

@@ -1,9 +1,12 @@
 import CXLTier
+import Dispatch
+import Foundation
 import L3Sync
 import Logging
 import NIOCore
 import NIOPosix
 import Peering
+import Synchronization
 
 /// This host as a member of the cluster: its partition served to peers (``PeerServer`` on the
 /// node's address from nodes.conf), a client per peer, and the ``ClusterL3Store`` the daemon
@@ -52,8 +55,10 @@ public final class ClusterNode: @unchecked Sendable {
                                            configuration: serverConfiguration, group: group, logger: logger)
             }.get()
             store.startHeartbeats()
-            return ClusterNode(config: config, store: store, server: server, local: local, group: group,
-                               clients: Array(clients.values))
+            let node = ClusterNode(config: config, store: store, server: server, local: local, group: group,
+                                   clients: Array(clients.values))
+            node.startHandOff(logger: logger)
+            return node
         } catch {
             local.close()
             try? group.syncShutdownGracefully()
@@ -71,9 +76,34 @@ public final class ClusterNode: @unchecked Sendable {
         self.clients = clients
     }
 
+    private let handOffResult = Mutex<ClusterL3Store.HandOffReport?>(nil)
+    private let handOffDone = DispatchSemaphore(value: 0)
+
+    /// Membership change: in the background, sends the keys this host's partition holds that the
+    /// config's ring now places elsewhere to their nodes (``ClusterL3Store/handOff(waitForNodes:concurrency:)``).
+    private func startHandOff(logger: Logger) {
+        Thread.detachNewThread { [self] in
+            let report = store.handOff()
+            if report.moved > 0 { logger.notice("membership hand-off: \(report)") }
+            handOffResult.withLock { $0 = report }
+            handOffDone.signal()
+        }
+    }
+
+    /// The hand-off's report once it finished (nil if not within `timeout`).
+    public func waitForHandOff(timeout: Duration = .seconds(60)) -> ClusterL3Store.HandOffReport? {
+        if let done = handOffResult.withLock({ $0 }) { return done }
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        guard handOffDone.wait(timeout: .now() + seconds) == .success else { return nil }
+        handOffDone.signal() // for later callers
+        return handOffResult.withLock { $0 }
+    }
+
     /// Waits for writes in flight, closes the peer port and the connections, releases the partition.
     public func shutdown() {
         store.stop()
+        // The hand-off stops waiting for nodes once heartbeats stop; its sends have timeouts.
+        _ = waitForHandOff(timeout: .seconds(10))
         let server = server, clients = clients
         _ = blocking {
             try? await server.close()

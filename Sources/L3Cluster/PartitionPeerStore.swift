@@ -24,12 +24,29 @@ public final class PartitionPeerStore: LocalStore {
     }
 
     public func get(_ key: [UInt8], touchTTL: Int?) -> StoredItem? {
-        guard var item = (try? store.get(key: key)) ?? nil else { return nil }
-        if let touchTTL {
-            item.exptimeUnix = Int64(expiryTime(ttl: touchTTL, now: currentUnixTime()))
-            try? store.touch(key: key, exptimeUnix: item.exptimeUnix, version: item.version)
+        if case .item(let item) = lookup(key, touchTTL: touchTTL) { return item }
+        return nil
+    }
+
+    /// One lookup of the partition, tombstones included: a deleted or expired key answers its
+    /// version (`EN c<version>`), so a peer merging copies lets it outvote older ones. An item
+    /// hidden by this partition's flush_all mark is absent (the mark is not a per-key version).
+    public func lookup(_ key: [UInt8], touchTTL: Int?) -> StoredLookup {
+        switch store.versioned(key) {
+        case .absent: return .absent
+        case .gone(let version): return .deleted(version: version)
+        case .item(let found):
+            var item = L3Item(value: found.value, flags: found.flags, exptimeUnix: Int64(found.exptime), version: found.version)
+            let now = currentUnixTime()
+            let hidden = (try? CXLTierStore.flushMark(pool: store.pool, partition: store.partition)
+                .hides(item, now: Int64(now))) ?? true
+            if hidden { return .absent }
+            if let touchTTL {
+                item.exptimeUnix = Int64(expiryTime(ttl: touchTTL, now: now))
+                try? store.touch(key: key, exptimeUnix: item.exptimeUnix, version: item.version)
+            }
+            return .item(stored(item))
         }
-        return stored(item)
     }
 
     public func storeVersioned(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> StoreOutcome {

@@ -32,6 +32,15 @@ public enum StoreOutcome: Equatable, Sendable {
     case notFound
 }
 
+/// What a store holds for a key, deletions included (``LocalStore/lookup(_:touchTTL:)``).
+public enum StoredLookup: Equatable, Sendable {
+    case item(StoredItem)
+    /// The newest state is a deletion (or an expiry) at this version: served as `EN c<version>`
+    /// to an `mg` asking for `c`, so a reader merging copies can tell it from "never held".
+    case deleted(version: UInt64)
+    case absent
+}
+
 public enum DeleteOutcome: Equatable, Sendable {
     case deleted, notFound, exists
 }
@@ -42,6 +51,9 @@ public enum DeleteOutcome: Equatable, Sendable {
 public protocol LocalStore: Sendable {
     /// The live item for `key`; when `touchTTL` is set, its expiry is updated first (memcached TTL rules).
     func get(_ key: [UInt8], touchTTL: Int?) -> StoredItem?
+    /// `get`, and when there is no live item, the version of the deletion it knows of (stores that
+    /// keep tombstones). The default knows none: `.item` or `.absent`.
+    func lookup(_ key: [UInt8], touchTTL: Int?) -> StoredLookup
     /// Writes `value`. `ttl` follows memcached: 0 never expires, negative is already expired,
     /// over 30 days is an absolute Unix time. `compareCAS` makes the write conditional.
     func store(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, mode: StoreMode,
@@ -57,6 +69,10 @@ public protocol LocalStore: Sendable {
 }
 
 extension LocalStore {
+    public func lookup(_ key: [UInt8], touchTTL: Int?) -> StoredLookup {
+        get(key, touchTTL: touchTTL).map(StoredLookup.item) ?? .absent
+    }
+
     public func storeVersioned(_ key: [UInt8], value: [UInt8], flags: UInt32, ttl: Int, version: UInt64) -> StoreOutcome {
         store(key, value: value, flags: flags, ttl: ttl, mode: .set, compareCAS: nil)
     }

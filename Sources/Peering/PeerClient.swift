@@ -102,16 +102,34 @@ public final class PeerClient: @unchecked Sendable {
         try await wait(eventLoop.flatSubmit { self.ensureReady() })
     }
 
+    /// What a peer answered to `mg`.
+    public enum Lookup: Equatable, Sendable {
+        case item(Item)
+        /// `EN c<version>`: the peer's newest state for the key is a deletion at `version`
+        /// (cxl-bmc peers; a plain memcached never sends it).
+        case deleted(version: UInt64)
+        /// `EN`: nothing held, as far as the peer says.
+        case absent
+    }
+
     /// `mg <key> v f c t`: the item, or nil on a miss.
     public func get(_ key: [UInt8]) async throws(PeerError) -> Item? {
+        if case .item(let item) = try await lookup(key) { return item }
+        return nil
+    }
+
+    /// `mg <key> v f c t`: the item, or the version of its deletion when the peer reports one.
+    public func lookup(_ key: [UInt8]) async throws(PeerError) -> Lookup {
         let wire = try WireKey(key)
         let responses = try await wait(submit(batch: false) { buffer, id in
             MetaEncoder.get(wire, opaque: String(id), quiet: false, into: &buffer)
         })
         let response = responses[0]
         switch response.code {
-        case "VA": return try item(from: response)
-        case "EN": return nil
+        case "VA": return .item(try item(from: response))
+        case "EN":
+            if let version = response.flag("c").flatMap({ UInt64($0) }), version > 0 { return .deleted(version: version) }
+            return .absent
         default: throw unexpected(response, for: "mg")
         }
     }

@@ -292,7 +292,14 @@ final class PeerServerHandler: ChannelInboundHandler {
         case .mg:
             try allowOnly("bcfkOqstTv", request)
             let touch = try request.token("T").map { t throws(MetaFramingError) in try integer(t, "T") }
-            guard let item = store.get(request.key, touchTTL: touch) else {
+            let item: StoredItem
+            switch store.lookup(request.key, touchTTL: touch) {
+            case .item(let found): item = found
+            case .deleted(let version):
+                // A miss that knows the deletion's version says it with `c` (when asked for the CAS).
+                if !request.has("q") { line(["EN"] + (request.has("c") ? ["c\(version)"] : []) + echoed(request), into: &out) }
+                return
+            case .absent:
                 if !request.has("q") { line(["EN"] + echoed(request), into: &out) }
                 return
             }

@@ -61,6 +61,8 @@ struct DaemonStatus: Codable, Equatable {
                 "peer_errors": c.peerErrors, "cxl_bytes_read": c.cxlBytesRead, "cxl_bytes_written": c.cxlBytesWritten,
                 "lookup_avg_ns": c.lookups > 0 ? c.lookupNsTotal / c.lookups : 0,
                 "lookup_p99_ns": c.lookupLatency(percentile: 0.99),
+                "handoff_moved": c.handOffMoved, "handoff_applied": c.handOffApplied,
+                "handoff_already_newer": c.handOffAlreadyNewer, "handoff_failed": c.handOffFailed,
             ]
             downNodes = down.sorted()
         }
@@ -103,6 +105,9 @@ struct DaemonStatus: Codable, Equatable {
             out.append("  L3 lookups: \(c["local_hits"] ?? 0) local, \(c["direct_hits"] ?? 0) direct, \(c["remote_hits"] ?? 0) remote hits, \(c["misses"] ?? 0) misses (avg \(c["lookup_avg_ns"] ?? 0) ns, p99 < \(c["lookup_p99_ns"] ?? 0) ns); CXL \(c["cxl_bytes_read"] ?? 0) B read, \(c["cxl_bytes_written"] ?? 0) B written")
             let down = (downNodes ?? []).map { "node\($0)" }.joined(separator: ", ")
             out.append("  peers: \(c["peer_writes"] ?? 0) writes acknowledged, \(c["failover_writes"] ?? 0) failed over, \(c["peer_errors"] ?? 0) errors; down: \(down.isEmpty ? "none" : down)")
+            if let moved = c["handoff_moved"], moved > 0 {
+                out.append("  membership hand-off: \(moved) keys now placed elsewhere, \(c["handoff_applied"] ?? 0) applied there, \(c["handoff_already_newer"] ?? 0) already newer, \(c["handoff_failed"] ?? 0) not delivered")
+            }
         }
         return out
     }

@@ -88,6 +88,9 @@ final class MetricsExporter: @unchecked Sendable {
             add("cxlbmc_l3_peer_writes_total", c.peerWrites, help: "writes acknowledged by a peer")
             add("cxlbmc_l3_failover_writes_total", c.failoverWrites, help: "writes sent to another node because the key's node was down")
             add("cxlbmc_l3_peer_errors_total", c.peerErrors, help: "failed requests to peers")
+            add("cxlbmc_l3_handoff_moved_total", c.handOffMoved, help: "keys this host's partition held that the ring now places on other nodes (membership change)")
+            add("cxlbmc_l3_handoff_applied_total", c.handOffApplied, help: "handed-off keys the receiving node applied")
+            add("cxlbmc_l3_handoff_failed_total", c.handOffFailed, help: "handed-off keys that could not be delivered")
             add("cxlbmc_cxl_bytes_read_total", c.cxlBytesRead, help: "bytes read from CXL memory by lookups")
             add("cxlbmc_cxl_bytes_written_total", c.cxlBytesWritten, help: "bytes written to this host's CXL partition")
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CXLTier
+import Peering
 
 #if canImport(Glibc)
 import Glibc
@@ -24,9 +25,27 @@ struct PoolCommand: ParsableCommand {
             discussion: """
                 Without --config the pool has one partition, owned by node 0. With --config, one \
                 partition per nodeN=ADDR:PORT:CXL_BASE:CXL_SIZE line, over that node's slice; the \
-                pool header page (4 KiB) lives at the start of the slice that covers offset 0.
+                pool header page (4 KiB) lives at the start of the slice that covers offset 0. \
+                With nodeN.domain= options, only the nodes of local_node_id's CXL domain: create \
+                each domain's pool with a config of one of its nodes.
                 """
         )
+
+        /// A full cluster config (Peering's: per-node domain, weight, auth options) lays out the
+        /// slices of the local node's CXL domain — nodes of other domains map another pool and may
+        /// reuse the same offsets. A file that is only a layout (the seed's nodeN= lines) gives
+        /// every node's slice.
+        static func slices(_ text: String, path: String) throws -> [SliceSpec] {
+            let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+            do {
+                let cluster = try ClusterConfig.parse(text, source: path, baseDirectory: directory)
+                return cluster.sameDomainNodes.map { SliceSpec(ownerNode: $0.id, base: Int($0.cxlBase), size: Int($0.cxlSize)) }
+            } catch let clusterError {
+                // A file using per-node options is a cluster config: its own error is the helpful one.
+                if text.contains(/(?m)^\s*node\d+\.[a-z]+\s*=/) { throw clusterError }
+                return try PoolLayoutConfig(parsing: text).slices
+            }
+        }
 
         @Argument(help: "Path of the pool file to create (it must not exist).") var path: String
         @Option(help: ArgumentHelp("Pool size in bytes; K, M, G suffixes (binary).", valueName: "SIZE")) var size: String
@@ -44,7 +63,7 @@ struct PoolCommand: ParsableCommand {
                     var buffer = [UInt8](repeating: 0, count: 4096)
                     while case let n = fread(&buffer, 1, buffer.count, f), n > 0 { text += buffer[..<n] }
                     fclose(f)
-                    slices = try PoolLayoutConfig(parsing: String(decoding: text, as: UTF8.self)).slices
+                    slices = try Self.slices(String(decoding: text, as: UTF8.self), path: config)
                 }
                 let pool = try CXLTier.Pool.create(path: path, size: bytes, slices: slices, bytesPerSlot: bytesPerSlot)
                 print("created \(path): \(bytes) bytes, \(pool.partitions.count) partition(s)")

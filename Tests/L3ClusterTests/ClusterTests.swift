@@ -238,6 +238,145 @@ struct ClusterTests {
         }
     }
 
+    @Test("over the network a deletion's version outvotes an older copy on another node (EN c<version>)")
+    func networkTombstoneOutvotesOlderCopy() async throws {
+        // Three domains: every peer of every node is reached over the network.
+        let cluster = try Cluster(domains: ["a", "b", "c"])
+        let config = cluster.configs[0]
+        let psk = try PreSharedKey.load(path: config.pskFile!)
+        let ring = cluster.store(0).ring
+        // A key whose two candidates (owner, next) are nodes 0 and 1: node 2 only reads it remotely.
+        let key = try #require((0..<10_000).lazy.map(Self.key).first { Set(ring.owners(of: $0, replicas: 2)) == [0, 1] })
+        let candidates = ring.owners(of: key, replicas: 2)
+        func client(_ id: Int) -> PeerClient {
+            PeerClient(address: config.node(id)!.address, configuration: .init(localNodeID: 2, peerNodeID: id, psk: psk),
+                       eventLoop: NIOSingletons.posixEventLoopGroup.next())
+        }
+        let (holder, deleter) = (client(candidates[0]), client(candidates[1]))
+        defer { Task { await holder.shutdown(); await deleter.shutdown() } }
+        // The owner holds a put at version 100; the next node (where a failed-over delete lands) deleted it at 200.
+        #expect(try await holder.set(key, value: Array("old".utf8), version: 100) == .stored(cas: 100))
+        #expect(try await deleter.delete(key, version: 200) == .deleted)
+        #expect(try await deleter.lookup(key) == .deleted(version: 200))
+        let reader = cluster.store(2)
+        #expect(reader.members[candidates[0]]?.path == .network && reader.members[candidates[1]]?.path == .network)
+        #expect(try reader.get(key: key) == nil, "deleted at 200 must hide the copy written at 100")
+        // A newer put wins over the deletion again.
+        #expect(try await holder.set(key, value: Array("new".utf8), version: 300) == .stored(cas: 300))
+        #expect(try reader.get(key: key)?.value == Array("new".utf8))
+        #expect(try reader.get(key: key)?.version == 300)
+    }
+
+    @Test("membership change: a 4th node joins 3 — only the keys the ring now places on it move (≈ 1/4), with their versions, never over a newer write")
+    func membershipChangeMovesOnlyTheKeysThatMove() throws {
+        let directory = NSTemporaryDirectory() + "l3cluster-join-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(key.utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let ports = try (0..<4).map { _ in try freePort() }
+        // The pool is laid out for four nodes; the first three run with a three-node config.
+        let path = "/dev/shm/l3cluster-join-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let pool = try Pool.create(path: path, size: 4 * Self.sliceSize,
+                                   slices: (0..<4).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
+        func config(_ id: Int, nodes: Int) throws -> ClusterConfig {
+            let lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key"]
+                + (0..<nodes).map { "node\($0)=127.0.0.1:\(ports[$0]):\($0 * Self.sliceSize):\(Self.sliceSize)" }
+            return try ClusterConfig.parse(lines.joined(separator: "\n") + "\n", source: "node\(id).conf", baseDirectory: directory)
+        }
+        var nodes: [ClusterNode?] = Array(repeating: nil, count: 4)
+        defer { for node in nodes { node?.shutdown() } }
+        /// Until every running node has completed a heartbeat round since now and sees every peer up
+        /// (before its first round a node presumes its peers up; writes then could fail over).
+        func waitUntilAllUp() {
+            let rounds = nodes.map { $0?.store.heartbeatRounds.load(ordering: .acquiring) ?? 0 }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline, nodes.indices.contains(where: { id in
+                guard let store = nodes[id]?.store else { return false }
+                return store.heartbeatRounds.load(ordering: .acquiring) <= rounds[id] || !store.downNodes.isEmpty
+            }) { usleep(50_000) }
+        }
+
+        // Three nodes; 3000 keys, each written through its home node (local writes: no peer
+        // timeout on a busy machine can fail a write over, so every key is in its home partition).
+        for id in 0..<3 { nodes[id] = try ClusterNode.start(config: try config(id, nodes: 3), pool: try Pool(path: path)) }
+        waitUntilAllUp()
+        let keys = (0..<3000).map(Self.key)
+        var latest = keys.indices.map { 1000 + UInt64($0) }
+        let ring3 = nodes[0]!.store.ring
+        for (i, key) in keys.enumerated() {
+            try nodes[ring3.owner(of: key)!]!.store.put(key: key, item: Self.item("key:\(i)", version: latest[i]))
+        }
+        for node in nodes { #expect(node?.store.drain() ?? true) }
+        for node in nodes.compactMap({ $0 }) {
+            let c = node.store.snapshot
+            #expect(c.failoverWrites == 0 && c.writesKeptLocally == 0 && c.peerWrites == 0, "\(c)")
+        }
+        #expect(nodes[0]!.waitForHandOff()?.moved == 0, "nothing moves while the membership is unchanged")
+        for id in 0..<3 { nodes[id]!.shutdown(); nodes[id] = nil }
+
+        // The 4th node starts with the four-node config; a write under the new ring reaches it
+        // before the others hand their keys off (so theirs are older).
+        let ring4 = HashRing(config: try config(3, nodes: 4))
+        let moving = keys.indices.filter { ring4.owner(of: keys[$0]) == 3 }
+        nodes[3] = try ClusterNode.start(config: try config(3, nodes: 4), pool: try Pool(path: path))
+        let rewritten = Array(moving.prefix(25))
+        for i in rewritten {
+            latest[i] = 50_000 + UInt64(i)
+            try nodes[3]!.store.put(key: keys[i], item: Self.item("key:\(i)", version: latest[i]))
+        }
+        // The three others restart with the new config: each hands off what it no longer owns.
+        for id in 0..<3 { nodes[id] = try ClusterNode.start(config: try config(id, nodes: 4), pool: try Pool(path: path)) }
+        let reports = try (0..<3).map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        #expect(nodes[3]!.waitForHandOff()?.moved == 0, "the new node holds only its own keys")
+        let moved = reports.map(\.moved).reduce(0, +)
+        let fraction = Double(moved) / Double(keys.count)
+        print("membership change 3 → 4 nodes: \(moved) of \(keys.count) keys moved (\(String(format: "%.3f", fraction))); \(reports)")
+        #expect((0.2...0.3).contains(fraction), "≈ 1/4 of the keys move: \(fraction)")
+        #expect(moved == moving.count, "exactly the keys the new ring places on node 3: \(reports)")
+        #expect(reports.map(\.applied).reduce(0, +) == moving.count - rewritten.count, "\(reports)")
+        #expect(reports.map(\.alreadyNewer).reduce(0, +) == rewritten.count, "newer writes are kept: \(reports)")
+        #expect(reports.allSatisfy { $0.failed == 0 }, "\(reports)")
+
+        // Node 3's partition holds exactly the moved keys, each at its newest version.
+        let partition3 = try pool.reader(partition: pool.partitions.first { $0.ownerNode == 3 }!.id)
+        for (i, key) in keys.enumerated() {
+            let held = partition3.get(key)
+            #expect((held != nil) == moving.contains(i), "key:\(i) on node 3")
+            if let held { #expect(held.version == latest[i] && held.value == Self.item("key:\(i)", version: latest[i]).value, "key:\(i)") }
+        }
+        // Every node reads every key at its newest version.
+        waitUntilAllUp()
+        for id in 0..<4 {
+            for i in stride(from: 0, to: keys.count, by: 7) {
+                #expect(try nodes[id]!.store.get(key: keys[i])?.version == latest[i], "node \(id), key:\(i)")
+            }
+        }
+        // A second restart with the same config moves the same keys again, and changes nothing.
+        nodes[0]!.shutdown()
+        nodes[0] = try ClusterNode.start(config: try config(0, nodes: 4), pool: try Pool(path: path))
+        let again = try #require(nodes[0]!.waitForHandOff(timeout: .seconds(60)))
+        #expect(again.moved == reports[0].moved && again.applied == 0 && again.failed == 0, "\(again)")
+    }
+
+    @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
+    func indexedKeys() throws {
+        let path = "/dev/shm/l3cluster-keys-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let pool = try Pool.create(path: path, size: Self.sliceSize, slices: [SliceSpec(ownerNode: 0, base: 0, size: Self.sliceSize)])
+        let writer = try pool.writer(partition: 0)
+        defer { writer.close() }
+        for i in 0..<500 { _ = try writer.put(Self.key(i), Array("v\(i)".utf8), version: UInt64(10 + i)) }
+        for i in stride(from: 0, to: 500, by: 5) { _ = try writer.delete(Self.key(i), version: 10_000 + UInt64(i)) }
+        for i in 0..<50 { _ = try writer.put(Self.key(i), Array("again".utf8), version: 20_000 + UInt64(i)) } // overwrites
+        _ = try writer.put(Array("expired".utf8), Array("x".utf8), exptime: 1, version: 30_000)
+        let listed = try pool.reader(partition: 0).indexedKeys()
+        #expect(listed.count == 501, "one entry per key")
+        #expect(Set(listed) == Set((0..<500).map(Self.key) + [Array("expired".utf8)]))
+    }
+
     @Test("versioned peer writes: an older E<version> is refused, a delete is remembered")
     func versionedPeerWrites() async throws {
         let cluster = try Cluster(domains: ["default", "rackB"])

@@ -86,6 +86,26 @@ final class Testbed {
         try runInClient(try Paths.product("mc-load"), arguments, timeout: timeout)
     }
 
+    /// Brings up `count` testbeds (hosts), runs `body` with them and always takes them down again.
+    static func withMany<T>(_ count: Int, _ body: ([Testbed]) throws -> T) throws -> T {
+        guard count > 0 else { return try body([]) }
+        return try with { first in try withMany(count - 1) { rest in try body([first] + rest) } }
+    }
+
+    /// Joins the hosts' server namespaces on one bridged network (`testbed.sh lan`), for more than
+    /// two hosts; it belongs to the first host's testbed and goes with its `down`. Returns each
+    /// host's address on it, in order.
+    static func lan(_ hosts: [Testbed]) throws -> [String] {
+        guard let owner = hosts.first else { return [] }
+        let result = try runProcess("/bin/bash", [Paths.testbedScript, "lan", owner.name] + hosts.map(\.name))
+        guard result.status == 0 else { throw HarnessError("testbed lan failed: \(result)") }
+        return try hosts.map { host in
+            guard let line = result.stdout.split(separator: "\n").first(where: { $0.hasPrefix("LAN_IP4_\(host.name)=") })
+            else { throw HarnessError("testbed lan printed no address for \(host.name): \(result)") }
+            return String(line.split(separator: "=", maxSplits: 1)[1])
+        }
+    }
+
     /// Removes the namespaces and stops the memcached processes started in them (the script kills
     /// each by the pid it recorded, after checking it is still that memcached).
     func down() {

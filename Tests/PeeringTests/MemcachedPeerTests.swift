@@ -44,6 +44,9 @@ extension PeeringTests {
 
             #expect(try await client.delete(bytes("mc:k")) == .deleted)
             #expect(try await client.delete(bytes("mc:k")) == .notFound)
+            // memcached keeps no tombstones: its plain EN reads as "absent", never as a deletion.
+            #expect(try await client.lookup(bytes("mc:k")) == .absent)
+            #expect(try await client.lookup(bytes("mc:absent")) == .absent)
             try await client.noop()
         }
 
