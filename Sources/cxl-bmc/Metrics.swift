@@ -11,7 +11,8 @@ import Glibc
 
 /// `attach --metrics ADDR:PORT`: every counter of L1, of memcached's events
 /// and of L3 as Prometheus counters (swift-prometheus), served as text at
-/// `GET /metrics` by a small blocking HTTP responder on its own thread.
+/// `GET /metrics` by a small blocking HTTP responder (``serve()``, run on its
+/// own thread by MetricsServerService).
 final class MetricsExporter: @unchecked Sendable {
     private let registry = PrometheusCollectorRegistry()
     /// name → (counter, value already added): the sources are running totals.
@@ -42,10 +43,13 @@ final class MetricsExporter: @unchecked Sendable {
         }
         listener = fd
         address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        let thread = Thread { [self] in serve() }
-        thread.name = "cxl-bmc.metrics"
-        thread.start()
     }
+
+    /// Makes ``serve()`` return (a shut-down listening socket fails `accept`).
+    func stopServing() { shutdown(listener, Int32(SHUT_RDWR)) }
+
+    /// After ``serve()`` returned.
+    func closeListener() { close(listener) }
 
     /// Brings every counter up to the sources' running totals.
     func update(l1: L1Stats?, probes: MemcachedProbeStats?, l3: L3Sync.Counters?, cluster: ClusterL3Store.Counters? = nil) {
@@ -91,7 +95,8 @@ final class MetricsExporter: @unchecked Sendable {
         counters[name] = (counter, max(seen, total))
     }
 
-    private func serve() {
+    /// Answers requests one at a time until ``stopServing()``.
+    func serve() {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
