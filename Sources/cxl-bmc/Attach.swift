@@ -44,12 +44,13 @@ struct Attach: ParsableCommand {
             now and later) or --pid PID, it also puts uprobes on memcached (see `cxl-bmc \
             events --help`): they bump L1's generations when memcached applies each write, so \
             ingress stops parsing writes (--wire-writes keeps it too). With --no-cxl, \
-            memcached's events also keep L3 in this process's memory: every write goes \
+            memcached's events also keep L3 in this process's memory (with -t N, a CXLTier \
+            partition of N index buckets; without, an unbounded map): every write goes \
             through, and a GET miss L3 can answer is promoted back into memcached \
             (--memcached-addr) with add semantics, never over a newer write. Its counters are \
             published every second to /run/cxl-bmc/IFACE.json (read by `cxl-bmc stats`), \
             printed with --stats-interval, and served with --metrics. On exit L1 is detached \
-            first, then the uprobes.
+            first, then the uprobes, then L3 stops (docs/daemon.md).
 
             With --pool POOL --config nodes.conf this host joins a cluster: it writes its own \
             partition of the pool (its node's slice; make the pool with `cxl-bmc pool create \
