@@ -249,9 +249,9 @@ final class MetricsServerService: Service, Sendable {
 
     func run() async {
         let exporter = exporter
-        await withGracefulShutdownHandler {
+        await withTaskCancellationOrGracefulShutdownHandler {
             await onThread(named: "cxl-bmc.metrics") { exporter.serve() }
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             exporter.stopServing()
         }
         exporter.closeListener()
@@ -279,9 +279,9 @@ final class EventDrainService: Service, @unchecked Sendable {
 
     func run() async {
         let stop = StopFlag()
-        await withGracefulShutdownHandler {
+        await withTaskCancellationOrGracefulShutdownHandler {
             await onThread(named: "cxl-bmc.events") { [self] in drain(until: stop) }
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             stop.set()
         }
         probes.detach()

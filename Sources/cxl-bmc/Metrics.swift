@@ -4,6 +4,7 @@ import L3Sync
 import Loader
 import MemcachedProbes
 import Prometheus
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -45,8 +46,13 @@ final class MetricsExporter: @unchecked Sendable {
         address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
+    private let stopped = Atomic<Bool>(false)
+
     /// Makes ``serve()`` return (a shut-down listening socket fails `accept`).
-    func stopServing() { shutdown(listener, Int32(SHUT_RDWR)) }
+    func stopServing() {
+        stopped.store(true, ordering: .releasing)
+        shutdown(listener, Int32(SHUT_RDWR))
+    }
 
     /// After ``serve()`` returned.
     func closeListener() { close(listener) }
@@ -100,8 +106,10 @@ final class MetricsExporter: @unchecked Sendable {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
-                if errno == EINTR { continue }
-                return
+                if stopped.load(ordering: .acquiring) { return }
+                // EINTR, an aborted connection, or out of descriptors for a moment: keep serving.
+                if errno != EINTR { usleep(10_000) }
+                continue
             }
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

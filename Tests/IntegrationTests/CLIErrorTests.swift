@@ -133,6 +133,11 @@ struct CLIErrorTests {
             #expect(r.stderr.contains("cxl-bmc pool create \(pool) --size 16777216 --hash-table 8192"), "\(r)")
             #expect(try !L1EndToEndTests.xdpAttached(tb), "XDP left behind a refused -t")
             #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left behind a refused -t")
+            // An in-memory L3 larger than the machine is refused the same way.
+            let huge = try runProcess("/usr/bin/nsenter", Array(attach.dropLast(2)) + ["--no-cxl", "-t", "4000000000"])
+            Self.expectOneClearLine(huge, mentioning: "an in-memory L3 of 4000000000 index buckets needs 3840000008192 bytes")
+            #expect(huge.stderr.contains("this machine has"), "\(huge)")
+            #expect(try !L1EndToEndTests.xdpAttached(tb), "XDP left behind a refused --no-cxl -t")
 
             let log = OutputFile()
             let same = try ChildProcess("/usr/bin/nsenter", attach + ["-t", "2048"], stdout: log.path, stderr: log.path)
