@@ -74,18 +74,21 @@ final class ShutdownSignals: @unchecked Sendable {
     private let state = Mutex(State())
     private let logger = Logger(label: "cxl-bmc")
 
+    /// Returns once both signals are trapped. Until then they keep their default action (we
+    /// die, with nothing attached yet); they are not set to SIG_IGN first, as that would drop a
+    /// signal that arrives before libdispatch's asynchronous registration installs its handler.
     init() {
         // A closed stdout (`| head`) must not kill us before we detach.
         signal(SIGPIPE, SIG_IGN)
         let queue = DispatchQueue(label: "cxl-bmc.signals")
-        sources = Self.trapped.map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            return DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
-        }
+        sources = Self.trapped.map { DispatchSource.makeSignalSource(signal: $0, queue: queue) }
+        let registered = DispatchSemaphore(value: 0)
         for (source, signalNumber) in zip(sources, Self.trapped) {
             source.setEventHandler { [self] in caught(signalNumber) }
+            source.setRegistrationHandler { registered.signal() }
             source.resume()
         }
+        for _ in sources { registered.wait() }
     }
 
     private func caught(_ signalNumber: Int32) {
