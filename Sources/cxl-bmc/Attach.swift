@@ -44,12 +44,13 @@ struct Attach: ParsableCommand {
             now and later) or --pid PID, it also puts uprobes on memcached (see `cxl-bmc \
             events --help`): they bump L1's generations when memcached applies each write, so \
             ingress stops parsing writes (--wire-writes keeps it too). With --no-cxl, \
-            memcached's events also keep L3 in this process's memory: every write goes \
+            memcached's events also keep L3 in this process's memory (with -t N, a CXLTier \
+            partition of N index buckets; without, an unbounded map): every write goes \
             through, and a GET miss L3 can answer is promoted back into memcached \
             (--memcached-addr) with add semantics, never over a newer write. Its counters are \
             published every second to /run/cxl-bmc/IFACE.json (read by `cxl-bmc stats`), \
             printed with --stats-interval, and served with --metrics. On exit L1 is detached \
-            first, then the uprobes.
+            first, then the uprobes, then L3 stops (docs/daemon.md).
 
             With --pool POOL --config nodes.conf this host joins a cluster: it writes its own \
             partition of the pool (its node's slice; make the pool with `cxl-bmc pool create \
@@ -61,6 +62,12 @@ struct Attach: ParsableCommand {
             marked down and its keys' writes go to the next node until it answers again. On \
             exit, writes still in flight to peers are waited for, then the peer port closes. \
             See docs/Peering.md.
+
+            A pool outlives the daemon, and memcached may take writes while no daemon watches \
+            it. On exit the daemon records memcached's write counters (in /run/cxl-bmc/l3-writes/); \
+            on start it trusts the L3 it finds only if memcached is not running, has never been \
+            written, or is the same process with the same counters, and otherwise empties L3 \
+            (with --config, that is the CXL domain's L3) and says why.
             """
     )
 
@@ -104,6 +111,13 @@ struct Attach: ParsableCommand {
     @Option(name: .customLong("pool"), help: ArgumentHelp("With --memcached/--pid: keep L3 in this CXL pool (a file made by `cxl-bmc pool create`, e.g. in /dev/shm; or /dev/daxX.Y).", valueName: "PATH"))
     var pool: String?
 
+    @Option(
+        name: [.customShort("t"), .customLong("hash-table")],
+        help: ArgumentHelp(
+            "L3's index size in index buckets (8 items each). With --no-cxl: L3 becomes a CXLTier partition of exactly N buckets in this process's memory, bounded at 8·N items (about \(L3IndexSize.bytesPerBucket(bytesPerSlot: PoolFormat.defaultBytesPerSlot)) bytes per bucket; without -t, an unbounded map). With --pool: the pool's index is fixed when it is made (`cxl-bmc pool create --hash-table N`); a different N is refused.",
+            valueName: "N"))
+    var hashTable: Int?
+
     @Option(name: .customLong("partition"), help: "Without --config: the pool partition this host owns and writes (see `cxl-bmc pool inspect`; default 0).")
     var partition: Int?
 
@@ -141,6 +155,10 @@ struct Attach: ParsableCommand {
             throw ValidationError("--partition and --config exclude each other: with a config, this host writes its node's partition")
         }
         if replicate != nil && config == nil { throw ValidationError("--replicate needs --config") }
+        if let hashTable {
+            guard l3Wanted else { throw ValidationError("--hash-table sizes L3's index: add --no-cxl or --pool PATH") }
+            try L3IndexSize.validate(hashTable)
+        }
         if let replicate, replicate < 1 { throw ValidationError("--replicate must be 1 or more") }
         if let metricsAddress, Events.hostPort(metricsAddress) == nil {
             throw ValidationError("--metrics wants ADDR:PORT, got \(metricsAddress)")
@@ -166,11 +184,11 @@ struct Attach: ParsableCommand {
         try CLI.run {
             // Take SIGINT/SIGTERM over before attaching, so a signal during the
             // attach detaches cleanly instead of killing us half-way.
-            let daemon = Daemon(keepPins: keepPins, statsInterval: statsInterval)
-            if let metricsAddress, let (host, metricsPort) = Events.hostPort(metricsAddress) {
-                daemon.metrics = try MetricsExporter(host: host, port: metricsPort)
-                print("metrics: http://\(daemon.metrics!.address)/metrics")
+            let signals = ShutdownSignals()
+            let metrics = try metricsAddress.flatMap(Events.hostPort).map { host, metricsPort in
+                try MetricsExporter(host: host, port: metricsPort)
             }
+            if let metrics { print("metrics: http://\(metrics.address)/metrics") }
             // What can fail without touching the interface is done first: the config and the pool.
             let cluster = try config.map { path in try ClusterConfig.load(path: path) }
             if let replicate, let cluster, replicate > cluster.nodes.count {
@@ -179,49 +197,62 @@ struct Attach: ParsableCommand {
             let openedPool = try pool.map { path in
                 path.hasPrefix("/dev/dax") ? try Pool(region: DevDaxRegion(path: path)) : try Pool(path: path)
             }
+            if let hashTable, let pool, let openedPool {
+                try L3IndexSize.check(hashTable, against: openedPool, path: pool, recreate: recreateCommand(openedPool, path: pool))
+            }
+            let inMemoryPool = try hashTable.flatMap { noCXL ? try L3IndexSize.inMemoryPool(buckets: $0) : nil }
             let geometry = L1Geometry.forEntries(l1Entries)
             let cache = try L1Cache.attach(
                 interface: interface, port: port, sets: geometry.sets, pinRoot: pins.pinRoot,
                 tcAttach: tcAttach, xdpMode: xdpMode.request,
                 unknownTTL: .nanoseconds(Int64(unknownTTL * 1e9)))
             report(cache)
+            var probes: MemcachedProbes?
+            var events: EventDrainService?
+            var sync: L3Sync?
+            var clusterNode: ClusterNode?
+            var gapRecorder: WriteGapRecorder?
             if memcached.given {
                 // The probes bump L1's write generations at the moment memcached applies a write.
-                let probes: MemcachedProbes
+                let attached: MemcachedProbes
                 do {
-                    probes = try memcached.attach(l1PinDirectory: cache.pinDirectory)
+                    attached = try memcached.attach(l1PinDirectory: cache.pinDirectory)
                 } catch {
                     try? cache.detach(keepPins: keepPins)
                     throw error
                 }
-                if !wireWrites { try cache.setWritesTrackedByProbes(true) }
-                print("uprobes: \(probes.probeCount) on \(probes.targets.binary) (\(probes.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
-                fflush(nil)
-                var sync: L3Sync?
+                probes = attached
                 do {
+                    if !wireWrites { try cache.setWritesTrackedByProbes(true) }
+                    print("uprobes: \(attached.probeCount) on \(attached.targets.binary) (\(attached.scope)); L1 invalidated when memcached applies each write\(wireWrites ? ", and by ingress parsing" : "")")
+                    fflush(nil)
                     if l3Wanted {
                         let (host, tcpPort) = memcachedAddress.flatMap(Events.hostPort) ?? ("127.0.0.1", port)
-                        nonisolated(unsafe) let counterSource = probes
+                        nonisolated(unsafe) let counterSource = attached
                         let store: any L3Store
                         let place: String
                         if let pool, let opened = openedPool {
                             if let cluster {
                                 let node = try ClusterNode.start(config: cluster, pool: opened, replicas: replicate)
-                                daemon.cluster = node
+                                clusterNode = node
                                 store = node.store
                                 let paths = node.store.members.values.sorted { $0.node.id < $1.node.id }
                                     .map { "node\($0.node.id) \($0.path.rawValue)" }.joined(separator: ", ")
-                                place = "pool \(pool), partition \(node.local.partition) of node\(cluster.localNodeID); cluster of \(cluster.nodes.count) nodes (\(paths)), \(node.store.replicas) cop\(node.store.replicas == 1 ? "y" : "ies") of each key; peers served on \(cluster.localNode.address)"
+                                place = "pool \(pool), partition \(node.local.partition) of node\(cluster.localNodeID) (\(opened.partitions[node.local.partition].bucketCount) index buckets); cluster of \(cluster.nodes.count) nodes (\(paths)), \(node.store.replicas) cop\(node.store.replicas == 1 ? "y" : "ies") of each key; peers served on \(cluster.localNode.address)"
                             } else {
                                 let partition = partition ?? 0
                                 store = try CXLTierStore(pool: opened, partition: partition)
-                                place = "pool \(pool), partition \(partition)"
+                                place = "pool \(pool), partition \(partition) (\(opened.partitions[partition].bucketCount) index buckets)"
                             }
+                        } else if let inMemoryPool {
+                            store = try CXLTierStore(pool: inMemoryPool, partition: 0)
+                            let g = inMemoryPool.partitions[0]
+                            place = "in memory (--no-cxl), a CXLTier partition of \(g.bucketCount) index buckets (\(g.bucketCount * PoolFormat.slotsPerBucket) items at most), log \(g.logSize) bytes"
                         } else {
                             store = InMemoryL3Store()
                             place = "in memory (--no-cxl)"
                         }
-                        let sequences = try probes.writeSequences()
+                        let sequences = try attached.writeSequences()
                         let l3 = L3Sync(store: store, memcachedHost: host, port: tcpPort,
                                         lostEvents: { try? counterSource.stats().lost },
                                         writeSequence: { sequences.current(slot: $0) })
@@ -230,25 +261,40 @@ struct Attach: ParsableCommand {
                         if let pool {
                             // The pool outlived the last daemon: writes memcached took meanwhile are unknown.
                             let record = MemcachedWriteRecord.path(
-                                pool: pool, partition: daemon.cluster?.local.partition ?? partition ?? 0)
+                                pool: pool, partition: clusterNode?.local.partition ?? partition ?? 0)
                             let outcome = try l3.reconcile(previous: MemcachedWriteRecord.load(from: record), host: host, port: tcpPort)
                             unlink(record) // a daemon that dies without writing a new one leaves nothing to trust
-                            daemon.writeRecord = (record, host, tcpPort)
+                            gapRecorder = WriteGapRecorder(path: record, host: host, port: tcpPort)
                             print("L3: \(outcome)")
                         }
                         fflush(nil)
                     }
+                    events = EventDrainService(probes: attached, reader: try attached.eventReader(), sync: sync, trace: trace,
+                                               recorder: gapRecorder)
                 } catch {
                     // Leave nothing attached behind a failed start.
-                    daemon.cluster?.shutdown()
-                    probes.detach()
+                    sync?.stop()
+                    clusterNode?.shutdown()
+                    attached.detach()
                     try? cache.detach(keepPins: keepPins)
                     throw error
                 }
-                try daemon.attachProbes(probes, trace: trace, sync: sync)
             }
-            try daemon.run(cache)
+            let l1 = L1Service(cache: cache, keepPins: keepPins)
+            let services = Daemon.services(
+                cluster: clusterNode.map(ClusterService.init), sync: sync.map { L3SyncService($0, recorder: gapRecorder) },
+                events: events, l1: l1,
+                counters: CountersService(cache: cache, probes: probes, sync: sync, cluster: clusterNode, metrics: metrics,
+                                          statsInterval: statsInterval),
+                metrics: metrics.map(MetricsServerService.init))
+            try Daemon.run(services, signals: signals, l1: l1, logger: CLI.logger)
         }
+    }
+
+    /// The `pool create` command line that makes `pool` anew with this run's -t.
+    private func recreateCommand(_ pool: Pool, path: String) -> String {
+        let create = "cxl-bmc pool create \(path) --size \(pool.region.size)\(config.map { " --config \($0)" } ?? "") --hash-table \(hashTable ?? 0)"
+        return path.hasPrefix("/dev/dax") ? "\(create) (pool create makes pool files; a devdax pool keeps the index it was laid out with)" : "rm \(path) && \(create)"
     }
 
     private func report(_ cache: L1Cache) {
@@ -274,231 +320,4 @@ struct Attach: ParsableCommand {
         }
         fflush(nil)
     }
-}
-
-/// The foreground loop of `attach`. Signals and the timer are handled on one
-/// serial queue; the main thread only waits. `cache` and the flags are
-/// touched on that queue alone, hence `@unchecked Sendable`.
-final class Daemon: @unchecked Sendable {
-    static let connectionIdleSeconds: Double = 10
-    /// Ticks (seconds) in a row without our XDP program before concluding it was detached.
-    static let missingTicksBeforeExit = 3
-
-    private let keepPins: Bool
-    private let queue = DispatchQueue(label: "cxl-bmc.daemon")
-    private let finished = DispatchSemaphore(value: 0)
-    private var signalSources: [DispatchSourceSignal] = []
-    private var cache: L1Cache?
-    private var pendingSignal: Int32?
-    private var result: Error?
-    private var stopped = false
-    private var missingTicks = 0
-    private let logger = Logger(label: "cxl-bmc")
-    private var probes: MemcachedProbes?
-    private var sync: L3Sync?
-    private var eventDrain: Thread?
-    private let drainStop = StopFlag()
-    /// Signalled by the event thread once it has applied everything left in the ring.
-    private let drained = DispatchSemaphore(value: 0)
-    /// Where to record memcached's write counters when the probes stop (pool-backed L3), and
-    /// memcached's address: the next daemon on this pool trusts L3 only if they are unchanged.
-    var writeRecord: (path: String, host: String, port: UInt16)?
-
-    /// Starts handling SIGINT and SIGTERM (until ``run(_:)`` they are only noted).
-    private let statsInterval: Int
-    private var ticks = 0
-    /// Set before ``run(_:)``.
-    var metrics: MetricsExporter?
-    /// This host in the cluster (with --config); shut down after the probes.
-    var cluster: ClusterNode?
-
-    init(keepPins: Bool, statsInterval: Int = 0) {
-        self.keepPins = keepPins
-        self.statsInterval = statsInterval
-        // A closed stdout (`| head`) must not kill us before we detach.
-        signal(SIGPIPE, SIG_IGN)
-        for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
-            source.setEventHandler { [self] in stop(signal: signalNumber) }
-            source.resume()
-            signalSources.append(source)
-        }
-    }
-
-    /// Drains memcached's events on a thread of their own (printing them with
-    /// `trace`), so the ring buffer does not fill; losses are logged as they happen.
-    func attachProbes(_ probes: MemcachedProbes, trace: Bool, sync: L3Sync?) throws {
-        let reader = try probes.eventReader()
-        self.probes = probes
-        self.sync = sync
-        let stopFlag = drainStop
-        let drained = drained
-        let logger = logger
-        // The reader and the probes' stats map are used by this thread alone
-        // until it stops; detach happens after stopFlag is set.
-        nonisolated(unsafe) let probesForThread = probes
-        nonisolated(unsafe) let readerForThread = reader
-        let thread = Thread {
-            let probes = probesForThread
-            let reader = readerForThread
-            var lostSeen: UInt64 = 0
-            var nextLossCheck = ContinuousClock.now
-            while !stopFlag.isSet {
-                _ = try? reader.poll(timeoutMs: 20) { event in
-                    if trace { print(event.summary) }
-                    sync?.apply(event)
-                }
-                if trace { fflush(nil) }
-                guard ContinuousClock.now >= nextLossCheck else { continue }
-                nextLossCheck = .now + .seconds(1)
-                if let lost = try? probes.stats().lost, lost > lostSeen {
-                    sync?.checkLostEvents()
-                    logger.warning("\(lost - lostSeen) memcached events lost (ring buffer full); \(lost) in all")
-                    lostSeen = lost
-                }
-            }
-            // The probes are detached: apply what is still in the ring, so L3 has seen every write.
-            while let n = try? reader.poll(timeoutMs: 0, { event in sync?.apply(event) }), n > 0 {}
-            drained.signal()
-        }
-        thread.name = "cxl-bmc.events"
-        thread.start()
-        eventDrain = thread
-    }
-
-    /// Blocks until SIGINT/SIGTERM (then detaches `cache`) or until L1 is
-    /// detached from outside; rethrows a detach failure.
-    func run(_ cache: L1Cache) throws {
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        queue.sync {
-            self.cache = cache
-            if let signalNumber = pendingSignal {
-                stop(signal: signalNumber)
-            }
-        }
-        timer.schedule(deadline: .now() + 1, repeating: 1)
-        timer.setEventHandler { [self] in tick() }
-        timer.resume()
-
-        finished.wait()
-        timer.cancel()
-        signalSources.forEach { $0.cancel() }
-        if let result { throw result }
-    }
-
-    private func tick() {
-        guard !stopped, let cache else { return }
-        ticks += 1
-        // One sample of every counter per tick, for the stats block, the metrics and the status file.
-        let l1 = try? cache.stats()
-        let probeStats = probes.flatMap { try? $0.stats() }
-        let l3 = sync?.snapshot
-        let status = DaemonStatus(pid: getpid(), interface: cache.interface.name, probes: probeStats, sync: l3,
-                                  cluster: cluster.map { ($0.store.snapshot, $0.store.downNodes) })
-        if statsInterval > 0 && ticks % statsInterval == 0 { printStats(cache, l1: l1, status: status) }
-        metrics?.update(l1: l1, probes: probeStats, l3: l3, cluster: cluster?.store.snapshot)
-        if probes != nil {
-            do { try status.write() } catch { logger.warning("could not publish the daemon's status: \(error)") }
-        }
-        // Someone else detached L1 only if queries that succeed stop showing our program
-        // several ticks in a row: a failed query says nothing, and a single empty answer has
-        // been seen while the program was attached (a link dump racing interface changes).
-        do {
-            if try cache.isAttached() {
-                missingTicks = 0
-            } else {
-                missingTicks += 1
-                if missingTicks >= Self.missingTicksBeforeExit {
-                    let now = (try? XDPAttachment.kernelProgramIDs(of: cache.interface)) ?? []
-                    logger.notice(
-                        "L1 (XDP program id \(cache.xdp.programID)) was detached from \(cache.interface.name) by someone else (attached now: \(now.isEmpty ? "none" : now.map(String.init).joined(separator: ", "))); exiting without touching it")
-                    finish()
-                    return
-                }
-            }
-        } catch {
-            logger.warning("could not query the XDP programs of \(cache.interface.name): \(error)")
-        }
-        do {
-            try cache.refreshClock()
-            try cache.sweepConnections(idleFor: .seconds(Self.connectionIdleSeconds))
-        } catch {
-            logger.warning("periodic maintenance failed: \(error)")
-        }
-    }
-
-    /// The `--stats-interval` block: what each tier did since start (events and
-    /// L3 as `cxl-bmc stats` prints them from the status file).
-    private func printStats(_ cache: L1Cache, l1: L1Stats?, status: DaemonStatus) {
-        var lines = ["--- cxl-bmc \(cache.interface.name) after \(ticks) s"]
-        if let l1 {
-            let gets = l1["get_seen"] ?? 0, hits = l1["hit"] ?? 0
-            let ratio = gets > 0 ? String(format: "%.3f", Double(hits) / Double(gets)) : "-"
-            lines.append("  L1: \(gets) UDP GETs, \(hits) hits (ratio \(ratio)), \(l1["fill"] ?? 0) fills, \(l1["fill_refused"] ?? 0) refused")
-        }
-        lines += status.lines
-        print(lines.joined(separator: "\n"))
-        fflush(nil)
-    }
-
-    private func stop(signal signalNumber: Int32) {
-        guard !stopped else { return }
-        guard let cache else {
-            logger.info("signal \(signalNumber): will detach as soon as the attach finishes")
-            pendingSignal = signalNumber
-            return
-        }
-        logger.info("signal \(signalNumber): detaching from \(cache.interface.name)\(keepPins ? ", keeping the pins" : "")")
-        DaemonStatus.remove(interface: cache.interface.name)
-        // L1 goes first: while it serves, the probes must keep invalidating it.
-        do {
-            try cache.detach(keepPins: keepPins)
-            print("detached L1 from \(cache.interface.name)\(keepPins ? " (pins kept in \(cache.pinDirectory))" : "")")
-        } catch {
-            result = error
-        }
-        // memcached's write counters while the probes still see every write: one that lands after
-        // this read changes them, and the next daemon on this pool resyncs L3.
-        let record = writeRecord.flatMap { try? MemcachedWriteRecord.read(host: $0.host, port: $0.port) }
-        if let probes {
-            probes.detach()
-            drainStop.set()
-            if drained.wait(timeout: .now() + 5) == .timedOut { logger.warning("memcached's last events were not all applied") }
-            print("detached the uprobes from \(probes.targets.binary)")
-        }
-        if let sync {
-            // Recorded once every event is applied to L3 and the fetches they queued are done; after
-            // a failure nothing is recorded, so the next daemon on this pool does not trust L3.
-            if let path = writeRecord?.path, let record, sync.drain(timeout: .seconds(5)), sync.snapshot.failures == 0 {
-                do {
-                    try record.save(to: path)
-                } catch {
-                    logger.warning("could not record memcached's write counters (the next attach will resync L3): \(error)")
-                }
-            }
-            sync.stop()
-            let c = sync.snapshot
-            print("L3: \(c.stores) stores, \(c.deletes) deletes, \(c.misses) misses, \(c.l3Hits) answered by L3, \(c.promoted) promoted (\(c.promotionsUndone) undone, \(c.promotionsDeferred) deferred), \(c.dropped) dropped, \(c.failures) failures")
-        }
-        if let cluster {
-            // Writes still in flight to peers are waited for, then the peer port closes.
-            cluster.shutdown()
-            let c = cluster.store.snapshot
-            print("cluster: \(c.localHits) local, \(c.directHits) direct, \(c.remoteHits) remote hits; \(c.peerWrites) writes to peers, \(c.failoverWrites) failed over, \(c.peerErrors) peer errors; peer port closed")
-        }
-        finish()
-    }
-
-    private func finish() {
-        stopped = true
-        finished.signal()
-    }
-}
-
-/// A one-way stop flag shared with the event-drain thread.
-final class StopFlag: Sendable {
-    private let value = Atomic<Bool>(false)
-    var isSet: Bool { value.load(ordering: .acquiring) }
-    func set() { value.store(true, ordering: .releasing) }
 }

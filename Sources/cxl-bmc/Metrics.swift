@@ -4,6 +4,7 @@ import L3Sync
 import Loader
 import MemcachedProbes
 import Prometheus
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,7 +12,8 @@ import Glibc
 
 /// `attach --metrics ADDR:PORT`: every counter of L1, of memcached's events
 /// and of L3 as Prometheus counters (swift-prometheus), served as text at
-/// `GET /metrics` by a small blocking HTTP responder on its own thread.
+/// `GET /metrics` by a small blocking HTTP responder (``serve()``, run on its
+/// own thread by MetricsServerService).
 final class MetricsExporter: @unchecked Sendable {
     private let registry = PrometheusCollectorRegistry()
     /// name → (counter, value already added): the sources are running totals.
@@ -43,10 +45,18 @@ final class MetricsExporter: @unchecked Sendable {
         }
         listener = fd
         address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        let thread = Thread { [self] in serve() }
-        thread.name = "cxl-bmc.metrics"
-        thread.start()
     }
+
+    private let stopped = Atomic<Bool>(false)
+
+    /// Makes ``serve()`` return (a shut-down listening socket fails `accept`).
+    func stopServing() {
+        stopped.store(true, ordering: .releasing)
+        shutdown(listener, Int32(SHUT_RDWR))
+    }
+
+    /// After ``serve()`` returned.
+    func closeListener() { close(listener) }
 
     /// Brings every counter up to the sources' running totals.
     func update(l1: L1Stats?, probes: MemcachedProbeStats?, l3: L3Sync.Counters?, cluster: ClusterL3Store.Counters? = nil) {
@@ -108,12 +118,15 @@ final class MetricsExporter: @unchecked Sendable {
         counters[name] = (counter, max(seen, total))
     }
 
-    private func serve() {
+    /// Answers requests one at a time until ``stopServing()``.
+    func serve() {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
-                if errno == EINTR { continue }
-                return
+                if stopped.load(ordering: .acquiring) { return }
+                // EINTR, an aborted connection, or out of descriptors for a moment: keep serving.
+                if errno != EINTR { usleep(10_000) }
+                continue
             }
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

@@ -50,8 +50,21 @@ struct PoolCommand: ParsableCommand {
         @Argument(help: "Path of the pool file to create (it must not exist).") var path: String
         @Option(help: ArgumentHelp("Pool size in bytes; K, M, G suffixes (binary).", valueName: "SIZE")) var size: String
         @Option(help: ArgumentHelp("nodes.conf whose node lines name the slices.", valueName: "FILE")) var config: String?
-        @Option(help: ArgumentHelp("Log bytes provisioned per index slot (expected item footprint).", valueName: "BYTES"))
-        var bytesPerSlot = PoolFormat.defaultBytesPerSlot
+        @Option(help: ArgumentHelp("Log bytes provisioned per index slot (expected item footprint; default \(PoolFormat.defaultBytesPerSlot)); sets the index size as --hash-table does.", valueName: "BYTES"))
+        var bytesPerSlot: Int?
+        @Option(
+            name: [.customShort("t"), .customLong("hash-table")],
+            help: ArgumentHelp(
+                "Index buckets (8 items each) per partition: at least N in the smallest partition, as close as its size allows (larger partitions get proportionally more); the rest is log. Default: one bucket per \(L3IndexSize.bytesPerBucket(bytesPerSlot: PoolFormat.defaultBytesPerSlot)) bytes.",
+                valueName: "N"))
+        var hashTable: Int?
+
+        func validate() throws {
+            if bytesPerSlot != nil && hashTable != nil {
+                throw ValidationError("--bytes-per-slot and --hash-table both set the index size: give one")
+            }
+            if let hashTable { try L3IndexSize.validate(hashTable) }
+        }
 
         func run() throws {
             try CLI.run {
@@ -65,7 +78,10 @@ struct PoolCommand: ParsableCommand {
                     fclose(f)
                     slices = try Self.slices(String(decoding: text, as: UTF8.self), path: config)
                 }
-                let pool = try CXLTier.Pool.create(path: path, size: bytes, slices: slices, bytesPerSlot: bytesPerSlot)
+                let slotBytes = try hashTable.map {
+                    try L3IndexSize.bytesPerSlot(buckets: $0, partitionSizes: L3IndexSize.partitionSizes(poolSize: bytes, slices: slices))
+                } ?? bytesPerSlot ?? PoolFormat.defaultBytesPerSlot
+                let pool = try CXLTier.Pool.create(path: path, size: bytes, slices: slices, bytesPerSlot: slotBytes)
                 print("created \(path): \(bytes) bytes, \(pool.partitions.count) partition(s)")
                 for g in pool.partitions { print("  " + Inspect.describe(g)) }
             }

@@ -40,8 +40,9 @@ struct L1EndToEndTests {
 
     /// `probeArguments(testbed, memcached pid)`: the uprobe options of `attach`. The body gets the
     /// testbed, memcached's pid and the daemon's log.
+    /// `stopSignal` ends the daemon (SIGTERM or SIGINT: the same graceful shutdown).
     static func withL1(probeArguments: ((Testbed, Int32) -> [String])?, memcachedSurvives: Bool = true,
-                       _ body: (Testbed, Int32, OutputFile) throws -> Void) throws {
+                       stopSignal: Int32 = SIGTERM, _ body: (Testbed, Int32, OutputFile) throws -> Void) throws {
         try Privilege.require()
         let probes = probeArguments != nil
         try Testbed.with { tb in
@@ -71,15 +72,22 @@ struct L1EndToEndTests {
 
             try body(tb, memcached, log)
 
-            attach.signal(SIGTERM)
+            attach.signal(stopSignal)
             let status = attach.wait(timeout: .seconds(20))
-            #expect(status == 0, "cxl-bmc attach exit status after SIGTERM: \(String(describing: status)); log: \(log.contents())")
-            #expect(try !xdpAttached(tb), "XDP program left on the interface after SIGTERM")
-            #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after SIGTERM")
+            #expect(status == 0, "cxl-bmc attach exit status after signal \(stopSignal): \(String(describing: status)); log: \(log.contents())")
+            #expect(try !xdpAttached(tb), "XDP program left on the interface after signal \(stopSignal)")
+            #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left after signal \(stopSignal)")
             #expect(kill(memcached, 0) == 0 || !memcachedSurvives, "memcached must keep running")
             if probes {
-                #expect(log.contents().contains("detached the uprobes"), "\(log.contents())")
+                let text = log.contents()
+                #expect(text.contains("detached the uprobes"), "\(text)")
                 #expect(!FileManager.default.fileExists(atPath: "/run/cxl-bmc/\(tb.serverIF).json"), "status file left")
+                // The shutdown order: L1 first (while it serves, the uprobes must keep invalidating
+                // it), then the uprobes, then L3's write-through.
+                let order = ["detached L1 from", "detached the uprobes", text.contains("\nL3: ") ? " stores, " : nil]
+                    .compactMap { $0 }.map { text.range(of: $0)?.lowerBound }
+                #expect(order.allSatisfy { $0 != nil } && zip(order, order.dropFirst()).allSatisfy { $0! < $1! },
+                        "shutdown order: \(text)")
             }
         }
     }
@@ -284,6 +292,87 @@ struct L1EndToEndTests {
                     && scrape.stdout.contains("# TYPE cxlbmc_l1_hit_total counter"), "\(scrape)")
             let notFound = try tb.runInServer("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9477/"])
             #expect(notFound.stdout == "404", "\(notFound)")
+        }
+    }
+
+    /// `--no-cxl -t N`: L3 is a CXLTier partition of exactly N index buckets in the daemon's memory;
+    /// an item written through to it is promoted back after memcached lost it.
+    @Test func noCXLHashTableKeepsL3InASizedPartition() throws {
+        try Self.withL1(probeArguments: { tb, _ in
+            ["--memcached", "/usr/bin/memcached", "--no-cxl", "-t", "100", "--memcached-addr", "\(tb.serverIP4):11211"]
+        }, memcachedSurvives: false) { tb, memcached, log in
+            #expect(log.contents().contains("a CXLTier partition of 100 index buckets (800 items at most)"), "\(log.contents())")
+            let value = "sized-\(UInt64.random(in: 0...UInt64.max))"
+            let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set sized 7 600 \(value.utf8.count)\r\n\(value)\r\n"])
+            #expect(set.stdout.contains("stored"), "\(set)")
+            usleep(300_000) // the event reaches L3
+            kill(memcached, SIGKILL)
+            usleep(300_000)
+            let second = try tb.startMemcached(["-t", "2"])
+            defer { kill(second, SIGKILL) }
+            usleep(300_000) // the probes arm in the new process
+            _ = try tb.mcLoad(["get", "--server", tb.serverIP4, "sized"])
+            let hit = try Self.getOverTCP(tb, "sized", until: value)
+            #expect(hit.contains("sized flags=7 bytes=\(value.utf8.count): \"\(value)\""), "\(hit); log: \(log.contents())")
+        }
+    }
+
+    /// SIGINT shuts the daemon down exactly as SIGTERM does (withL1 checks the detach and its order).
+    @Test func sigintDetachesInOrder() throws {
+        try Self.withL1(probeArguments: { _, pid in ["--pid", String(pid)] }, stopSignal: SIGINT) { _, _, log in
+            #expect(log.contents().contains("uprobes:"))
+        }
+    }
+
+    /// `cxl-bmc detach IFACE` while the daemon runs: the daemon notices, exits 0 without touching
+    /// L1 again, and still stops the rest in order (the uprobes detach).
+    @Test func detachFromOutsideEndsTheDaemon() throws {
+        try Privilege.require()
+        try Testbed.with { tb in
+            let memcached = try tb.startMemcached()
+            defer { kill(memcached, SIGKILL) }
+            let log = OutputFile()
+            let attach = try Self.startAttach(tb, ["--pid", String(memcached)], log: log)
+            defer { if !attach.hasExited { attach.signal(SIGKILL) } }
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !log.contents().contains("uprobes:"), ContinuousClock.now < deadline { usleep(50_000) }
+            let detach = try tb.runInServer(try Paths.product("cxl-bmc"), ["detach", tb.serverIF])
+            #expect(detach.status == 0, "\(detach)")
+            let status = attach.wait(timeout: .seconds(20))
+            let text = log.contents()
+            #expect(status == 0, "exit status \(String(describing: status)); log: \(text)")
+            #expect(text.contains("by someone else") && text.contains("detached the uprobes"), "\(text)")
+            #expect(!text.contains("detached L1 from"), "the daemon must not detach L1 again: \(text)")
+            #expect(try !Self.xdpAttached(tb))
+            #expect(kill(memcached, 0) == 0, "memcached must keep running")
+        }
+    }
+
+    /// A SIGTERM that arrives while attach is still loading its BPF programs is kept: once
+    /// attached, the daemon detaches and exits 0, never leaving L1 attached. libbpf's messages
+    /// (CXL_BMC_DEBUG=2) show when the load is under way, after the signals are trapped.
+    @Test func signalDuringAttachDetachesOnceAttached() throws {
+        try Privilege.require()
+        try Testbed.with { tb in
+            var caughtDuringAttach = 0
+            for _ in 0..<3 {
+                let log = OutputFile()
+                let attach = try ChildProcess(
+                    "/usr/bin/nsenter", ["--net=/run/netns/\(tb.serverNS)", "/usr/bin/env", "CXL_BMC_DEBUG=2",
+                                         try Paths.product("cxl-bmc"), "attach", tb.serverIF],
+                    stdout: log.path, stderr: log.path)
+                defer { if !attach.hasExited { attach.signal(SIGKILL) } }
+                let deadline = ContinuousClock.now + .seconds(20)
+                while !log.contents().contains("libbpf: "), !attach.hasExited, ContinuousClock.now < deadline { usleep(2_000) }
+                attach.signal(SIGTERM)
+                let status = attach.wait(timeout: .seconds(20))
+                let text = log.contents()
+                #expect(status == 0 && text.contains("detached L1 from"), "\(String(describing: status)): \(text)")
+                #expect(try !Self.xdpAttached(tb), "XDP left after a SIGTERM during the attach: \(text)")
+                #expect(!FileManager.default.fileExists(atPath: "/sys/fs/bpf/cxl-bmc/\(tb.serverIF)"), "pins left: \(text)")
+                if text.contains("will detach as soon as the attach finishes") { caughtDuringAttach += 1 }
+            }
+            #expect(caughtDuringAttach > 0, "no SIGTERM landed during the attach")
         }
     }
 
