@@ -121,6 +121,35 @@ struct FaultInjectionTests {
         }
     }
 
+    /// The clean counterpart of (a): a daemon stopped with SIGTERM records memcached's write
+    /// counters; the next one trusts the pool when nothing was written meanwhile (and promotes from
+    /// it), and empties L3 when a write reached memcached while no daemon watched.
+    @Test func daemonStoppedCleanlyTrustsThePoolOnlyWithoutUnseenWrites() throws {
+        try Testbed.with { tb in
+            _ = try tb.startMemcached(["-t", "2", "-m", "64"])
+            let pool = try PoolFile()
+            let options = AttachDaemon.fullOptions(tb, pool: pool.path)
+            let first = try AttachDaemon(tb, options, ready: ["uprobes:", "L3:"])
+            #expect(first.log.contents().contains("memcached has taken no write yet: L3 kept"), "\(first.log.contents())")
+            #expect(try Self.populate(tb, keys: 200, size: 50, prefix: "c:").stored == 200)
+            _ = try DaemonStats.wait(tb) { $0.l3["stores"] ?? 0 >= 200 }
+            #expect(first.terminate() == 0, "\(first.log.contents())")
+
+            // Nothing written while no daemon ran: L3 is trusted.
+            let second = try AttachDaemon(tb, options, ready: ["uprobes:", "L3: no write reached memcached"])
+            #expect(try DaemonStats.wait(tb) { $0.l3["resyncs"] != nil }.l3["resyncs"] == 0)
+            #expect(second.terminate() == 0, "\(second.log.contents())")
+
+            // A delete while no daemon runs: the next daemon cannot know which key, so L3 is emptied.
+            let gap = try tb.mcLoad(["raw", "--server", tb.serverIP4, "delete c:7\r\n"])
+            #expect(gap.stdout.contains("DELETED") || gap.stdout.contains("deleted"), "\(gap)")
+            let third = try AttachDaemon(tb, options, ready: ["uprobes:", "L3 emptied"])
+            #expect(third.log.contents().contains("memcached took writes while no daemon watched it"), "\(third.log.contents())")
+            #expect(try DaemonStats.wait(tb) { $0.l3["resyncs"] != nil }.l3["resyncs"] == 1)
+            #expect(third.terminate() == 0, "\(third.log.contents())")
+        }
+    }
+
     // MARK: b. memcached killed and restarted under a running daemon
 
     @Test func memcachedRestartedUnderTheDaemonIsProbedAgain() throws {
