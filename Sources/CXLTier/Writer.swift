@@ -335,6 +335,9 @@ public final class PartitionWriter: @unchecked Sendable {
     /// fits in free space.
     private func reappend(_ p: UnsafeMutableRawPointer, _ header: RecordHeader, slot: UnsafeMutablePointer<UInt64>) {
         let logSize = memory.geometry.logSize
+        // The copy may land on bytes the hand passed in this reclaim: publish the head first,
+        // or a crash could leave a stored tail more than a log ahead of the stored head.
+        publishHead()
         let tailPhys = memory.phys(tail)
         if tailPhys + header.size > logSize { appendPad(logSize: logSize, phys: tailPhys) }
         let pos = tail
