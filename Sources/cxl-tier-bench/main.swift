@@ -21,6 +21,8 @@ struct Options {
     var readerPool: String?
     /// Time the fetch of the key from the 10 M-key table too (how earlier runs measured).
     var keyInTimer = false
+    /// Only fill a pool and print the put rate (for A/B runs of the put path).
+    var putOnly = false
 
     init(_ args: [String]) {
         var i = 1
@@ -38,6 +40,7 @@ struct Options {
             case "--dir": dir = next()
             case "--reader": readerPool = next()
             case "--key-in-timer": keyInTimer = true
+            case "--put-only": putOnly = true
             default: fatal("unknown argument \(args[i])")
             }
             i += 1
@@ -176,6 +179,22 @@ let indexes = sampleIndexes(count: options.samples, items: n)
 // Timer overhead.
 var timerSamples = (0..<100_000).map { _ -> UInt64 in let a = nanos(); let b = nanos(); return b - a }
 let timer = percentiles(&timerSamples)
+
+if options.putOnly {
+    do {
+        let pool = try Pool.create(path: path, size: poolSize, bytesPerSlot: options.bytesPerSlot)
+        let writer = try pool.writer(partition: 0)
+        let t0 = nanos()
+        for i in 0..<n { _ = try writer.put(keys[i], value) }
+        let seconds = Double(nanos() - t0) / 1e9
+        unlink(path)
+        print("put rate, one core: \(format2(Double(n) / seconds / 1e6)) M/s (load \(loadAverage()))")
+        exit(0)
+    } catch {
+        unlink(path)
+        fatal("\(error)")
+    }
+}
 
 // Dictionary baseline: put rate, get latency, bytes per entry beyond key+value.
 // Memory: a fill with fresh key and value arrays, RSS measured around it (not timed).
