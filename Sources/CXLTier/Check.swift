@@ -30,6 +30,11 @@ public struct PartitionReport: Sendable, Equatable {
     public var damagedBytes: Int
     public var checksumFailures: Int
     public var slotsUsed: Int
+    /// Live items (valid, not dead, not tombstones, expired ones included) and their key+value
+    /// bytes found by walking the whole log window: what the writer's `items` and `bytes`
+    /// statistics must equal.
+    public var scannedItems: Int = 0
+    public var scannedBytes: Int = 0
     public var writerPID: UInt64
     public var cleanShutdown: Bool
 }
@@ -112,7 +117,7 @@ public enum PoolCheck {
         let logSize = g.logSize
         let head = Int(truncatingIfNeeded: m.loadHeader(H.head))
         let tail = Int(truncatingIfNeeded: m.loadHeader(H.tail))
-        var valid = 0, damagedBytes = 0, failures = 0
+        var valid = 0, damagedBytes = 0, failures = 0, scannedItems = 0, scannedBytes = 0
         if m.loadHeader(H.nonce) != g.nonce {
             report(g.offset + H.nonce, "the partition's copy of the pool nonce differs from the pool header's")
         }
@@ -121,34 +126,8 @@ public enum PoolCheck {
             report(g.offset + H.head, "log head \(head) / tail \(tail) out of range (log of \(logSize) bytes)")
             windowOK = false
         }
-        if windowOK {
-            var pos = head
-            var runStart: Int?
-            func closeRun(at end: Int) {
-                if let start = runStart {
-                    report(g.offset + g.logOffset + m.phys(start),
-                           "log position \(start): \(end - start) bytes with no valid record (checksum mismatch or torn write)")
-                    damagedBytes += end - start
-                    failures += 1
-                    runStart = nil
-                }
-            }
-            while pos < tail {
-                let phys = m.phys(pos)
-                let p = m.log + phys
-                if phys + PoolFormat.Item.headerSize <= logSize, let h = RecordHeader(at: p, phys: phys, logSize: logSize),
-                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumState(p, pos: pos, nonce: m.geometry.nonce) != .damaged {
-                    closeRun(at: pos)
-                    if !h.isPad && h.checksumMatches(p, pos: pos, nonce: m.geometry.nonce) { valid += 1 }
-                    pos += h.size
-                } else {
-                    if runStart == nil { runStart = pos }
-                    pos += line
-                    if m.phys(pos) == 0 { closeRun(at: pos) }
-                }
-            }
-            closeRun(at: min(pos, tail))
-        }
+        // Log lines the index reaches (one bit per line), to find live records it does not.
+        var indexed = [UInt64](repeating: 0, count: windowOK ? (logSize / line + 63) / 64 : 0)
         var live = 0, tombstones = 0, expired = 0, used = 0
         for bucket in 0..<g.bucketCount {
             for i in 0..<PoolFormat.slotsPerBucket {
@@ -175,6 +154,7 @@ public enum PoolCheck {
                     report(where_, "index bucket \(bucket) slot \(i): tag or bucket does not match the key it points at")
                     continue
                 }
+                indexed[(phys / line) >> 6] |= 1 << UInt64((phys / line) & 63)
                 if h.isTombstone {
                     tombstones += 1
                 } else if case let e = h.exptime(p), e != 0, e <= clock {
@@ -184,8 +164,45 @@ public enum PoolCheck {
                 }
             }
         }
+        if windowOK {
+            var pos = head
+            var runStart: Int?
+            func closeRun(at end: Int) {
+                if let start = runStart {
+                    report(g.offset + g.logOffset + m.phys(start),
+                           "log position \(start): \(end - start) bytes with no valid record (checksum mismatch or torn write)")
+                    damagedBytes += end - start
+                    failures += 1
+                    runStart = nil
+                }
+            }
+            while pos < tail {
+                let phys = m.phys(pos)
+                let p = m.log + phys
+                if phys + PoolFormat.Item.headerSize <= logSize, let h = RecordHeader(at: p, phys: phys, logSize: logSize),
+                   pos + h.size <= tail || h.isPad && pos + h.size - head <= logSize, h.checksumState(p, pos: pos, nonce: m.geometry.nonce) != .damaged {
+                    closeRun(at: pos)
+                    if !h.isPad && h.checksumMatches(p, pos: pos, nonce: m.geometry.nonce) {
+                        valid += 1
+                        if !h.isTombstone { scannedItems += 1; scannedBytes += h.keyLength + h.valueLength }
+                        if indexed[(phys / line) >> 6] & (1 << UInt64((phys / line) & 63)) == 0 {
+                            // A live record must be either indexed or marked dead (replaced,
+                            // displaced from a full bucket pair); else a rebuild would revive it.
+                            report(g.offset + g.logOffset + phys, "log position \(pos): live record the index does not reach")
+                        }
+                    }
+                    pos += h.size
+                } else {
+                    if runStart == nil { runStart = pos }
+                    pos += line
+                    if m.phys(pos) == 0 { closeRun(at: pos) }
+                }
+            }
+            closeRun(at: min(pos, tail))
+        }
         let r = PartitionReport(geometry: g, stats: m.stats(), validRecords: valid, liveItems: live, tombstones: tombstones,
                                 expiredItems: expired, damagedBytes: damagedBytes, checksumFailures: failures, slotsUsed: used,
+                                scannedItems: scannedItems, scannedBytes: scannedBytes,
                                 writerPID: m.loadHeader(H.writerPID), cleanShutdown: m.loadHeader(H.cleanShutdown) == 1)
         return (r, damage)
     }

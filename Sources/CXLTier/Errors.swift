@@ -14,6 +14,8 @@ public enum CXLTierError: Error, Equatable, CustomStringConvertible {
     case geometry(String)
     /// The pool was written by a newer format version than this build understands.
     case newerFormat(found: UInt32, supported: UInt32)
+    /// The pool was written by an older format version whose layout this build no longer reads.
+    case olderFormat(found: UInt32, supported: UInt32)
     /// The bytes found are not a CXLTier pool or partition (bad magic or checksum), with where.
     case corrupt(String)
     /// The partition already has a live writer (one writer per partition).
@@ -36,6 +38,8 @@ public enum CXLTierError: Error, Equatable, CustomStringConvertible {
         case let .geometry(message): "pool geometry: \(message)"
         case let .newerFormat(found, supported):
             "pool format version \(found) is newer than this build supports (\(supported)); upgrade cxl-bmc to open it"
+        case let .olderFormat(found, supported):
+            "pool format version \(found) is older than this build's (\(supported)) and laid out differently; recreate the pool with `cxl-bmc pool create` (it is a cache: the daemon refills it)"
         case let .corrupt(message): "corrupt pool: \(message)"
         case let .partitionOwned(partition, pid):
             "partition \(partition) already has a writer (pid \(pid)); one writer per partition"

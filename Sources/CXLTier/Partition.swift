@@ -32,6 +32,8 @@ public struct PartitionStats: Sendable, Equatable {
     public var expired: UInt64
     public var checksumFailures: UInt64
     public var indexEvictions: UInt64
+    /// Records the CLOCK hand re-appended because they had been read since its last pass.
+    public var secondChances: UInt64 = 0
     /// Log bytes in use (tail − head) and the log's size.
     public var logUsed: UInt64
     public var logSize: UInt64
@@ -47,6 +49,10 @@ public struct PartitionGeometry: Sendable, Equatable {
     public var offset: Int
     public var size: Int
     public var bucketCount: Int
+    /// Partition offset of the reference map (one bit per 64-byte log line, CLOCK's reference
+    /// bits) and its bytes.
+    public var refMapOffset: Int = 0
+    public var refMapSize: Int = 0
     /// Partition offset of the log and its bytes (a multiple of 64).
     public var logOffset: Int
     public var logSize: Int
@@ -64,10 +70,14 @@ public struct PartitionGeometry: Sendable, Equatable {
         let perBucket = bytesPerSlot * PoolFormat.slotsPerBucket + PoolFormat.line
         let buckets = max(1, (size - PoolFormat.pageSize) / perBucket)
         guard buckets <= Int(UInt32.max) else { throw CXLTierError.geometry("partition \(id) too large") }
-        let logOffset = PoolFormat.alignUp(PoolFormat.pageSize + buckets * PoolFormat.line, PoolFormat.pageSize)
+        let refMapOffset = PoolFormat.alignUp(PoolFormat.pageSize + buckets * PoolFormat.line, PoolFormat.pageSize)
+        // One bit per line of whatever follows (an upper bound on the log's lines), in whole u64 words.
+        let refMapSize = PoolFormat.alignUp((size - refMapOffset) / PoolFormat.line, 512) / 8
+        let logOffset = PoolFormat.alignUp(refMapOffset + refMapSize, PoolFormat.pageSize)
         let logSize = (size - logOffset) / PoolFormat.line * PoolFormat.line
+        guard logSize >= 16 * PoolFormat.line else { throw CXLTierError.geometry("partition \(id) of \(size) bytes leaves no room for a log") }
         return PartitionGeometry(id: id, ownerNode: ownerNode, offset: offset, size: size, bucketCount: buckets,
-                                 logOffset: logOffset, logSize: logSize)
+                                 refMapOffset: refMapOffset, refMapSize: refMapSize, logOffset: logOffset, logSize: logSize)
     }
 }
 
@@ -188,6 +198,7 @@ final class PartitionMemory: @unchecked Sendable {
     /// The partition header.
     let base: UnsafeMutableRawPointer
     let index: UnsafeMutableRawPointer
+    let refMap: UnsafeMutableRawPointer
     let log: UnsafeMutableRawPointer
     let flush: any FlushPolicy
     let clock: @Sendable () -> UInt32
@@ -197,14 +208,20 @@ final class PartitionMemory: @unchecked Sendable {
         self.geometry = geometry
         self.base = region.base + geometry.offset
         self.index = base + geometry.indexOffset
+        self.refMap = base + geometry.refMapOffset
         self.log = base + geometry.logOffset
         self.flush = flush
+        self.logSize = geometry.logSize
+        self.inverseLogSize = 1 / Double(geometry.logSize)
         self.coherent = flush is CoherentFlush
         self.clock = clock
     }
 
     /// True for ``CoherentFlush``: the hot paths then skip the policy calls altogether.
     let coherent: Bool
+    /// The log's bytes, and their reciprocal for ``phys(_:)``.
+    let logSize: Int
+    let inverseLogSize: Double
 
     @inline(__always) func writeBack(_ address: UnsafeRawPointer, count: Int) {
         if !coherent { flush.writeBack(address, count: count) }
@@ -232,8 +249,39 @@ final class PartitionMemory: @unchecked Sendable {
         return line == 0 ? -1 : Int(line - 1) * PoolFormat.line
     }
 
-    @inline(__always) func phys(_ pos: Int) -> Int { pos % geometry.logSize }
+    /// The physical log offset of position `pos` (≥ 0): `pos % logSize`, without the 64-bit
+    /// division (40–90 cycles, several per get and put): a reciprocal estimate of the lap,
+    /// then corrected (off by at most one lap for any position a slot can name, < 2^54; the
+    /// loops make it exact for every `pos` ≥ 0).
+    @inline(__always) func phys(_ pos: Int) -> Int {
+        var r = pos &- Int(Double(pos) * inverseLogSize) &* logSize
+        while r < 0 { r &+= logSize }
+        while r >= logSize { r &-= logSize }
+        return r
+    }
 
+    /// CLOCK's reference bit for the record at log position `pos`: the word and the bit's mask.
+    /// The map is a hint: the writer never trusts it for anything but whom to keep longer.
+    @inline(__always) func referenceBit(_ pos: Int) -> (word: UnsafeMutablePointer<UInt64>, mask: UInt64) {
+        let line = phys(pos) / PoolFormat.line
+        return ((refMap + (line >> 6) * 8).assumingMemoryBound(to: UInt64.self), 1 << UInt64(line & 63))
+    }
+
+    /// Sets the reference bit (a read, so the line is only dirtied once per hand pass).
+    @inline(__always) func markReferenced(_ pos: Int) {
+        let (word, mask) = referenceBit(pos)
+        if cxltier_load_relaxed(word) & mask == 0 { _ = cxltier_fetch_or(word, mask) }
+    }
+
+    @inline(__always) func isReferenced(_ pos: Int) -> Bool {
+        let (word, mask) = referenceBit(pos)
+        return cxltier_load_relaxed(word) & mask != 0
+    }
+
+    @inline(__always) func clearReference(_ pos: Int) {
+        let (word, mask) = referenceBit(pos)
+        if cxltier_load_relaxed(word) & mask != 0 { _ = cxltier_fetch_and(word, ~mask) }
+    }
     @inline(__always) func header(_ field: Int) -> UnsafeMutablePointer<UInt64> { base.word(field) }
     @inline(__always) func loadHeader(_ field: Int) -> UInt64 { cxltier_load_acquire(header(field)) }
 
@@ -245,6 +293,7 @@ final class PartitionMemory: @unchecked Sendable {
             items: loadHeader(H.statItems), bytes: loadHeader(H.statBytes), puts: loadHeader(H.statPuts),
             deletes: loadHeader(H.statDeletes), reclaimed: loadHeader(H.statReclaimed), expired: loadHeader(H.statExpired),
             checksumFailures: loadHeader(H.statChecksumFailures), indexEvictions: loadHeader(H.statIndexEvictions),
+            secondChances: loadHeader(H.statSecondChances),
             logUsed: tail &- head, logSize: UInt64(geometry.logSize), epoch: loadHeader(H.epoch))
     }
 }

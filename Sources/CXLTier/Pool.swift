@@ -128,6 +128,7 @@ public final class Pool: @unchecked Sendable {
         let version = base.u32(PH.formatVersion)
         guard version <= PoolFormat.version else { throw CXLTierError.newerFormat(found: version, supported: PoolFormat.version) }
         guard version >= 1 else { throw CXLTierError.corrupt("\(region.description): pool header: format version 0") }
+        guard version == PoolFormat.version else { throw CXLTierError.olderFormat(found: version, supported: PoolFormat.version) }
         let count = Int(base.u32(PH.partitionCount))
         guard count >= 1, count <= PoolFormat.maxPartitions, base.u32(PH.tableOffset) == 64, base.u32(PH.tableEntrySize) == 64 else {
             throw CXLTierError.corrupt("\(region.description): pool header: partition count \(count) or table geometry out of range")
@@ -171,6 +172,7 @@ public final class Pool: @unchecked Sendable {
         }
         let version = p.u32(H.formatVersion)
         guard version <= PoolFormat.version else { throw CXLTierError.newerFormat(found: version, supported: PoolFormat.version) }
+        guard version == PoolFormat.version else { throw CXLTierError.corrupt("\(at): format version \(version) disagrees with the pool header's \(PoolFormat.version)") }
         let g = try PartitionGeometry.layout(id: i, ownerNode: ownerNode, offset: offset, size: size, bytesPerSlot: bytesPerSlot)
         guard p.u32(H.partitionID) == UInt32(i), p.u32(H.ownerNode) == UInt32(ownerNode), p.u64(H.partitionOffset) == UInt64(offset),
               p.u64(H.partitionSize) == UInt64(size), p.u64(H.poolSize) == UInt64(poolSize), Int(p.u16(H.partitionCount)) == count, Int(p.u16(H.bytesPerSlot)) == bytesPerSlot,
@@ -204,8 +206,10 @@ public final class Pool: @unchecked Sendable {
     /// Attaches as the one writer of `partition`: takes the lease (refused while another live
     /// process holds it), bumps the epoch and rebuilds the index from the log.
     public func writer(partition: Int, flush: (any FlushPolicy)? = nil,
-                       clock: @escaping @Sendable () -> UInt32 = { UInt32(truncatingIfNeeded: time(nil)) }) throws -> PartitionWriter {
-        try PartitionWriter(memory: PartitionMemory(region: region, geometry: geometry(partition), flush: flush ?? self.flush, clock: clock))
+                       clock: @escaping @Sendable () -> UInt32 = { UInt32(truncatingIfNeeded: time(nil)) },
+                       reclaimPolicy: ReclaimPolicy = .clock) throws -> PartitionWriter {
+        try PartitionWriter(memory: PartitionMemory(region: region, geometry: geometry(partition), flush: flush ?? self.flush, clock: clock),
+                            reclaimPolicy: reclaimPolicy)
     }
 
     /// A lock-free reader of `partition` (any process, any number of them).
@@ -299,6 +303,7 @@ public final class Pool: @unchecked Sendable {
         // The record's log position is not stored in the pointer; any lap works for the slot
         // search, so look the key up and accept only if it is at this offset.
         guard case let .hit(item, pos) = key.withUnsafeBytes({ r.lookup($0) }), r.memory.phys(pos) == off else { return nil }
+        r.referenced(pos)
         return item
     }
 }

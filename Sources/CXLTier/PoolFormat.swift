@@ -7,11 +7,12 @@ import CCXLTierShim
 /// ```
 /// pool:      [pool header page 4 KiB][partition 0][partition 1]...
 ///            (the header page sits inside the first slice; partition 0 starts after it)
-/// partition: [partition header 4 KiB][index: bucketCount × 64 B][log, to the partition's end]
+/// partition: [partition header 4 KiB][index: bucketCount × 64 B][reference map][log, to the partition's end]
 /// ```
 public enum PoolFormat {
-    /// The format this build writes. Pools with a larger version are refused.
-    public static let version: UInt32 = 1
+    /// The format this build writes. Pools with a larger version are refused; so are pools of
+    /// version 1, whose partitions have no reference map (the log starts right after the index).
+    public static let version: UInt32 = 2
     /// "CXLTPOOL" as little-endian bytes.
     public static let poolMagic: UInt64 = 0x4C4F_4F50_544C_5843
     /// "CXLTPART" as little-endian bytes.
@@ -111,6 +112,9 @@ public enum PoolFormat {
         public static let tail = 136
         /// u64: highest item version written.
         public static let lastVersion = 144
+        /// u64 statistic: records the CLOCK hand gave a second chance (re-appended because a
+        /// reader had referenced them since the hand's last pass).
+        public static let statSecondChances = 152
 
         /// u64 statistics, written by the writer: live items, live key+value bytes, puts,
         /// deletes, records reclaimed (evicted) by the log, items found expired, checksum

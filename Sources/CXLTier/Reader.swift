@@ -37,8 +37,14 @@ public final class PartitionReader: @unchecked Sendable {
     private let missCount = Atomic<UInt64>(0)
     private let checksumFailureCount = Atomic<UInt64>(0)
 
-    init(memory: PartitionMemory) {
+    /// Whether hits set CLOCK's reference bit in the pool: on coherent memory (every reader),
+    /// and for the owner's own reader under any policy (its writes and the writer's reads are
+    /// on one host). A reader on another host of non-coherent memory writes nothing.
+    let marksReferences: Bool
+
+    init(memory: PartitionMemory, marksReferences: Bool? = nil) {
         self.memory = memory
+        self.marksReferences = marksReferences ?? memory.coherent
     }
 
     public var geometry: PartitionGeometry { memory.geometry }
@@ -51,8 +57,9 @@ public final class PartitionReader: @unchecked Sendable {
     /// The item stored under `key`, or nil (absent, deleted, expired, or failed validation).
     public func get(_ key: [UInt8]) -> TierItem? {
         let result = key.withUnsafeBytes { lookup($0) }
-        if case let .hit(item, _) = result {
+        if case let .hit(item, pos) = result {
             hitCount.add(1, ordering: .relaxed)
+            referenced(pos)
             return item
         }
         missCount.add(1, ordering: .relaxed)
@@ -75,8 +82,9 @@ public final class PartitionReader: @unchecked Sendable {
     /// deletion (or expiry), or nothing valid. Peering merges these across partitions (newest wins).
     public func versioned(_ key: [UInt8]) -> VersionedLookup {
         switch key.withUnsafeBytes({ lookup($0) }) {
-        case let .hit(item, _):
+        case let .hit(item, pos):
             hitCount.add(1, ordering: .relaxed)
+            referenced(pos)
             return .item(item)
         case let .expired(item, _):
             missCount.add(1, ordering: .relaxed)
@@ -107,6 +115,12 @@ public final class PartitionReader: @unchecked Sendable {
 
     /// The partition's statistics as its writer last stored them (range-checked by nobody: informational).
     public func stats() -> PartitionStats { memory.stats() }
+
+    /// A hit's record gets a second chance when the CLOCK hand reaches it. `pos` came from a
+    /// validated record, so the bit is inside the map.
+    @inline(__always) func referenced(_ pos: Int) {
+        if marksReferences { memory.markReferenced(pos) }
+    }
 
     func lookup(_ key: UnsafeRawBufferPointer) -> Lookup {
         guard key.count > 0, key.count <= PoolFormat.Item.maxKeyLength else { return .miss }
@@ -149,6 +163,12 @@ public final class PartitionReader: @unchecked Sendable {
         let phys = m.phys(pos)
         guard phys + PoolFormat.Item.headerSize <= logSize else { return .miss }
         let src = UnsafeRawPointer(m.log + phys)
+        if m.coherent {
+            // Start the record's second line (a 65–128 B record spans two) and the reference
+            // bit now, so their misses overlap the first line's.
+            cxltier_prefetch(src + PoolFormat.line)
+            if marksReferences { cxltier_prefetch(m.referenceBit(pos).word) }
+        }
         m.invalidate(src, count: PoolFormat.Item.headerSize)
         var head = (UInt64(0), UInt64(0))
         withUnsafeMutableBytes(of: &head) { cxltier_copy_volatile($0.baseAddress, src, 16) }

@@ -84,16 +84,16 @@ enum Recovery {
                         p.setU32(0, ~p.u32(0))
                     }
                 } else {
-                    let slot = PartitionWriter.freeSlot(h, memory: m, head: head) { evicted in
-                        let ep = PartitionMemory.position(ofSlot: cxltier_load_relaxed(evicted))
-                        let ephys = m.phys(ep)
-                        if let eh = RecordHeader(at: m.log + ephys, phys: ephys, logSize: logSize), !eh.isTombstone {
+                    let (slot, displaced) = PartitionWriter.freeSlot(h, memory: m, head: head)
+                    cxltier_store_release(slot, newSlot)
+                    if let displaced {
+                        // Both buckets full: the oldest entry loses its slot and is marked dead.
+                        if let payload = PartitionWriter.markDisplacedDead(displaced, memory: m) {
                             items -= 1
-                            bytes -= Int64(eh.keyLength + eh.valueLength)
+                            bytes -= Int64(payload)
                         }
                         evictions += 1
                     }
-                    cxltier_store_release(slot, newSlot)
                     if !header.isTombstone { items += 1; bytes += payload }
                 }
             }

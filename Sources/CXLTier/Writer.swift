@@ -13,8 +13,17 @@ public enum WriteResult: Sendable, Equatable {
     case stale(current: UInt64)
 }
 
+/// How a full log chooses what to drop.
+public enum ReclaimPolicy: Sendable, Equatable {
+    /// Second chance: the hand (the log head) re-appends a live item that was read since the
+    /// hand last passed it, clearing its reference bit; everything else is dropped.
+    case clock
+    /// The oldest records go, read or not.
+    case fifo
+}
+
 /// The one writer of a partition (its owner). Appends records to the log, keeps the index
-/// consistent, reclaims the oldest records (FIFO) when the log is full.
+/// consistent, reclaims with CLOCK (or FIFO) over the log when it is full.
 ///
 /// Publication order for a put: record bytes → write-back → store fence → index slot (atomic
 /// store) → tail. A reader that sees the slot therefore sees the whole record; the tail lets
@@ -24,16 +33,23 @@ public final class PartitionWriter: @unchecked Sendable {
     typealias H = PoolFormat.PartitionHeader
     let memory: PartitionMemory
     let reader: PartitionReader
+    public let reclaimPolicy: ReclaimPolicy
     private let lock = Mutex(())
     // Writer-local copies of the header's runtime words (the header is written, never read back).
     private var head = 0
     private var tail = 0
     private var lastVersion: UInt64 = 0
     private var closed = false
+    /// Free log bytes CLOCK keeps after reclaiming, so a referenced record at the head can be
+    /// copied to the tail without overlapping itself (a 64th of the log, at most 1 MiB).
+    let clockSlack: Int
 
-    init(memory: PartitionMemory) throws {
+    init(memory: PartitionMemory, reclaimPolicy: ReclaimPolicy = .clock) throws {
         self.memory = memory
-        self.reader = PartitionReader(memory: memory)
+        self.reader = PartitionReader(memory: memory, marksReferences: true)
+        self.reclaimPolicy = reclaimPolicy
+        clockSlack = reclaimPolicy == .clock
+            ? min(max(memory.geometry.logSize / 64, 4 * PoolFormat.line), 1 << 20) / PoolFormat.line * PoolFormat.line : 0
         let wasClean = memory.loadHeader(H.cleanShutdown) == 1
         try Self.acquireLease(memory)
         let report = Recovery.rebuild(memory, wasClean: wasClean)
@@ -196,9 +212,10 @@ public final class PartitionWriter: @unchecked Sendable {
                 old.setU32(0, ~old.u32(0))
                 memory.writeBack(old, count: 4)
             } else {
-                let slot = freeSlot(h)
+                let (slot, displaced) = Self.freeSlot(h, memory: memory, head: head)
                 cxltier_store_release(slot, newSlot)
                 memory.writeBack(slot, count: 8)
+                if let displaced { displacedFromIndex(displaced) }
             }
             if !tombstone { bump(H.statItems, 1); bump(H.statBytes, Int64(key.count + value.count)) }
             bump(tombstone ? H.statDeletes : H.statPuts, 1)
@@ -215,68 +232,149 @@ public final class PartitionWriter: @unchecked Sendable {
     /// The log position for a record of `size` bytes, after reclaiming room and padding to the
     /// log's end when the record would not fit before it.
     private func reserve(_ size: Int) throws -> Int {
-        let logSize = memory.geometry.logSize
-        var pos = tail
-        let phys = memory.phys(pos)
-        if phys + size > logSize {
-            let pad = logSize - phys
-            makeRoom(until: pos + pad)
-            let dst = memory.log + phys
-            dst.setU32(4, UInt32(pad / PoolFormat.line) << 8)
-            dst.setU64(8, UInt64(PoolFormat.Item.Kind.pad.rawValue | PoolFormat.Item.Kind.marker) << 56)
-            dst.setU32(0, RecordHeader.checksum(dst, length: PoolFormat.Item.headerSize, pos: pos, nonce: memory.geometry.nonce))
-            memory.writeBack(dst, count: PoolFormat.Item.headerSize)
-            memory.storeFence()
-            pos += pad
-            tail = pos
-            cxltier_store_release(memory.header(H.tail), UInt64(tail))
+        // Beyond what this record needs, CLOCK always keeps `clockSlack` bytes free, so a
+        // referenced record the hand meets can be copied to the tail (from the very first lap
+        // on). Re-appends are bounded per call (16 × the record, at least 64 KiB), after which
+        // the hand drops whatever it meets (FIFO): a reader that marks everything cannot stall
+        // the writer.
+        if free < needed(size) + clockSlack {
+            var budget = max(16 * size, 64 << 10)
+            while free < needed(size) + clockSlack { reclaimAtHand(budget: &budget) }
+            publishHead()
         }
-        makeRoom(until: pos + size)
-        return pos
+        let phys = memory.phys(tail)
+        if phys + size > memory.geometry.logSize { appendPad(logSize: memory.geometry.logSize, phys: phys) }
+        populateAhead(memory.phys(tail))
+        return tail
     }
 
-    /// Reclaims the oldest records (FIFO) until the log can hold everything up to `end`.
-    private func makeRoom(until end: Int) {
-        let logSize = memory.geometry.logSize
-        guard end - head > logSize else { return }
-        while end - head > logSize { reclaimOldest() }
+    /// The log chunk ahead of which the writer last asked the kernel to populate pages.
+    private var populatedChunk = -1
+    private static let populateChunk = 2 << 20
+
+    /// When the tail enters a new 2 MiB chunk of the log, populates the next one in one call
+    /// (MADV_POPULATE_WRITE, Linux 5.14) instead of 512 page faults inside puts — the cost of
+    /// a fresh pool's first lap. A hint: errors (devdax, older kernels) are ignored.
+    private func populateAhead(_ phys: Int) {
+        let chunk = phys / Self.populateChunk
+        guard chunk != populatedChunk else { return }
+        populatedChunk = chunk
+        let start = (chunk + 1) * Self.populateChunk
+        guard start < memory.geometry.logSize else { return }
+        _ = madvise(memory.log + start, min(Self.populateChunk, memory.geometry.logSize - start), 23 /* MADV_POPULATE_WRITE */)
+    }
+
+    /// Log bytes not between head and tail.
+    private var free: Int { memory.geometry.logSize - (tail - head) }
+
+    /// Bytes a record of `size` takes at the tail: itself, plus the pad to the log's end when it
+    /// would not fit before it.
+    private func needed(_ size: Int) -> Int {
+        let phys = memory.phys(tail)
+        return phys + size > memory.geometry.logSize ? memory.geometry.logSize - phys + size : size
+    }
+
+    /// A pad record from the tail to the end of the log's lap.
+    private func appendPad(logSize: Int, phys: Int) {
+        let pad = logSize - phys
+        let dst = memory.log + phys
+        dst.setU32(4, UInt32(pad / PoolFormat.line) << 8)
+        dst.setU64(8, UInt64(PoolFormat.Item.Kind.pad.rawValue | PoolFormat.Item.Kind.marker) << 56)
+        dst.setU32(0, RecordHeader.checksum(dst, length: PoolFormat.Item.headerSize, pos: tail, nonce: memory.geometry.nonce))
+        memory.writeBack(dst, count: PoolFormat.Item.headerSize)
+        memory.storeFence()
+        tail += pad
+        cxltier_store_release(memory.header(H.tail), UInt64(tail))
+    }
+
+    private func publishHead() {
         memory.storeFence()
         cxltier_store_release(memory.header(H.head), UInt64(head))
         memory.writeBack(memory.base + H.head, count: 8)
     }
 
-    private func reclaimOldest() {
+    /// The hand's step: drops (or, under CLOCK, re-appends) the record at the head and moves
+    /// the head past it. A dropped item's slot is cleared before the head moves, so readers,
+    /// which re-check the slot after copying, never accept bytes that are being reused.
+    private func reclaimAtHand(budget: inout Int) {
         let logSize = memory.geometry.logSize
         let phys = memory.phys(head)
         let p = memory.log + phys
         guard phys + PoolFormat.Item.headerSize <= logSize,
               let header = RecordHeader(at: p, phys: phys, logSize: logSize),
-              header.checksumState(p, pos: head, nonce: memory.geometry.nonce) != .damaged else {
+              case let state = header.checksumState(p, pos: head, nonce: memory.geometry.nonce), state != .damaged else {
             // Damaged or never written: skip one line; slots pointing here fail validation anyway.
             head += PoolFormat.line
             return
         }
-        if !header.isPad && header.checksumMatches(p, pos: head, nonce: memory.geometry.nonce) {
-            let key = UnsafeRawBufferPointer(start: p + header.keyOffset, count: header.keyLength)
-            let h = KeyHash(key, buckets: memory.geometry.bucketCount)
-            let target = PartitionMemory.slotValue(tag: h.tag, pos: head)
-            outer: for choice in 0..<2 {
-            let bucket = choice == 0 ? h.bucket1 : h.bucket2
-                for i in 0..<PoolFormat.slotsPerBucket where cxltier_load_relaxed(memory.slot(bucket, i)) == target {
-                    // Clear before the space is reused: readers re-check the slot after copying.
-                    cxltier_store_release(memory.slot(bucket, i), 0)
-                    memory.writeBack(memory.slot(bucket, i), count: 8)
-                    if !header.isTombstone {
-                        bump(H.statItems, -1)
-                        bump(H.statBytes, -Int64(header.keyLength + header.valueLength))
-                        let exptime = header.exptime(p)
-                        bump(exptime != 0 && exptime <= memory.clock() ? H.statExpired : H.statReclaimed, 1)
-                    }
-                    break outer
+        if !header.isPad && state == .live, let slot = slot(pointingAt: head, p, header) {
+            let exptime = header.isTombstone ? 0 : header.exptime(p)
+            let expired = exptime != 0 && exptime <= memory.clock()
+            if reclaimPolicy == .clock, !header.isTombstone, !expired, memory.isReferenced(head) {
+                let cost = needed(header.size)
+                // The copy must land in free space (never over itself), within the budget.
+                if cost <= budget, cost <= free {
+                    budget -= cost
+                    reappend(p, header, slot: slot)
+                    return
                 }
             }
+            // Clear before the space is reused: readers re-check the slot after copying.
+            cxltier_store_release(slot, 0)
+            memory.writeBack(slot, count: 8)
+            if !header.isTombstone {
+                bump(H.statItems, -1)
+                bump(H.statBytes, -Int64(header.keyLength + header.valueLength))
+                bump(expired ? H.statExpired : H.statReclaimed, 1)
+            }
         }
+        memory.clearReference(head)
         head += header.size
+    }
+
+    /// The index slot that points at the live record `header` at log position `pos`, if any.
+    private func slot(pointingAt pos: Int, _ p: UnsafeMutableRawPointer, _ header: RecordHeader) -> UnsafeMutablePointer<UInt64>? {
+        let key = UnsafeRawBufferPointer(start: p + header.keyOffset, count: header.keyLength)
+        let h = KeyHash(key, buckets: memory.geometry.bucketCount)
+        let target = PartitionMemory.slotValue(tag: h.tag, pos: pos)
+        for choice in 0..<2 {
+            let bucket = choice == 0 ? h.bucket1 : h.bucket2
+            for i in 0..<PoolFormat.slotsPerBucket where cxltier_load_relaxed(memory.slot(bucket, i)) == target {
+                return memory.slot(bucket, i)
+            }
+        }
+        return nil
+    }
+
+    /// CLOCK's second chance: copies the referenced record at the head to the tail (same
+    /// version, so recovery keeps either copy: ties go to the later one), moves its slot there,
+    /// marks the old copy dead and moves the head past it. The caller checked that the copy
+    /// fits in free space.
+    private func reappend(_ p: UnsafeMutableRawPointer, _ header: RecordHeader, slot: UnsafeMutablePointer<UInt64>) {
+        let logSize = memory.geometry.logSize
+        // The copy may land on bytes the hand passed in this reclaim: publish the head first,
+        // or a crash could leave a stored tail more than a log ahead of the stored head.
+        publishHead()
+        let tailPhys = memory.phys(tail)
+        if tailPhys + header.size > logSize { appendPad(logSize: logSize, phys: tailPhys) }
+        let pos = tail
+        let dst = memory.log + memory.phys(pos)
+        dst.copyMemory(from: p, byteCount: header.size)
+        dst.setU32(0, RecordHeader.checksum(dst, length: header.length, pos: pos, nonce: memory.geometry.nonce))
+        memory.clearReference(pos)
+        memory.writeBack(dst, count: header.size)
+        memory.storeFence()
+        let tag = cxltier_load_relaxed(slot) >> 48
+        cxltier_store_release(slot, PartitionMemory.slotValue(tag: tag, pos: pos))
+        memory.writeBack(slot, count: 8)
+        p.setU32(0, ~p.u32(0))
+        memory.writeBack(p, count: 4)
+        memory.clearReference(head)
+        head += header.size
+        tail = pos + header.size
+        bump(H.statSecondChances, 1)
+        memory.storeFence()
+        cxltier_store_release(memory.header(H.tail), UInt64(tail))
     }
 
     struct Existing {
@@ -317,15 +415,9 @@ public final class PartitionWriter: @unchecked Sendable {
     }
 
     /// An empty (or stale) slot in the less full of the key's buckets; when both are full, the
-    /// slot of the oldest record, whose item is evicted from the index.
-    private func freeSlot(_ h: KeyHash) -> UnsafeMutablePointer<UInt64> {
-        Self.freeSlot(h, memory: memory, head: head) { [self] evicted in
-            evictFromIndex(evicted)
-        }
-    }
-
-    static func freeSlot(_ h: KeyHash, memory: PartitionMemory, head: Int,
-                         evict: (UnsafeMutablePointer<UInt64>) -> Void) -> UnsafeMutablePointer<UInt64> {
+    /// slot of the oldest record, whose item is displaced from the index: its log position is
+    /// returned so that the caller, once the slot holds the new entry, marks the record dead.
+    static func freeSlot(_ h: KeyHash, memory: PartitionMemory, head: Int) -> (slot: UnsafeMutablePointer<UInt64>, displaced: Int?) {
         var oldest: UnsafeMutablePointer<UInt64>?
         var oldestPos = Int.max
         var best: UnsafeMutablePointer<UInt64>?
@@ -348,20 +440,31 @@ public final class PartitionWriter: @unchecked Sendable {
             }
             if free > bestFree, let firstFree { best = firstFree; bestFree = free }
         }
-        if let best { return best }
-        evict(oldest!)
-        return oldest!
+        if let best { return (best, nil) }
+        return (oldest!, oldestPos)
     }
 
-    private func evictFromIndex(_ slot: UnsafeMutablePointer<UInt64>) {
-        let s = cxltier_load_relaxed(slot)
-        let pos = PartitionMemory.position(ofSlot: s)
-        let phys = memory.phys(pos)
-        let p = memory.log + phys
-        if let header = RecordHeader(at: p, phys: phys, logSize: memory.geometry.logSize), !header.isTombstone, !header.isPad {
+    /// The record at `pos` lost its index slot (both of its buckets were full): mark it dead, so
+    /// no rebuild brings it back and the log's live count stays what the index reaches.
+    private func displacedFromIndex(_ pos: Int) {
+        if let payload = Self.markDisplacedDead(pos, memory: memory) {
             bump(H.statItems, -1)
-            bump(H.statBytes, -Int64(header.keyLength + header.valueLength))
+            bump(H.statBytes, -Int64(payload))
         }
         bump(H.statIndexEvictions, 1)
+    }
+
+    /// Marks the live record at `pos` dead; its key+value bytes when it was a live item (not a
+    /// tombstone), nil otherwise. Anything that does not validate is left alone.
+    static func markDisplacedDead(_ pos: Int, memory: PartitionMemory) -> Int? {
+        let logSize = memory.geometry.logSize
+        let phys = memory.phys(pos)
+        guard phys + PoolFormat.Item.headerSize <= logSize else { return nil }
+        let p = memory.log + phys
+        guard let header = RecordHeader(at: p, phys: phys, logSize: logSize), !header.isPad,
+              header.checksumMatches(p, pos: pos, nonce: memory.geometry.nonce) else { return nil }
+        p.setU32(0, ~p.u32(0))
+        memory.writeBack(p, count: 4)
+        return header.isTombstone ? nil : header.keyLength + header.valueLength
     }
 }

@@ -29,6 +29,9 @@ static inline uint64_t cxltier_load_relaxed(const uint64_t *p) { return __atomic
 static inline void cxltier_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void cxltier_store_relaxed(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t cxltier_fetch_add(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+/* Relaxed bit set/clear (CLOCK reference bits: hints, no ordering needed). */
+static inline uint64_t cxltier_fetch_or(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t cxltier_fetch_and(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_RELAXED); }
 /* Returns 1 on success; *expected holds the value found either way. */
 static inline int cxltier_compare_exchange(uint64_t *p, uint64_t *expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
