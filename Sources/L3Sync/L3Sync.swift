@@ -168,6 +168,7 @@ public final class L3Sync: Sendable {
                 if let value = event.value {
                     if isOwnPromotion(key: event.key, value: value, flags: event.clientFlags) {
                         count { $0.promotionEchoes += 1 }
+                        markApplied(event) // nothing to write: L3 holds it already
                         return
                     }
                     try store.put(key: event.key, item: item(event, value: value, flags: event.clientFlags))
