@@ -15,12 +15,12 @@ import Synchronization
 /// worker with its own connection. A full queue drops the job and counts it.
 ///
 /// A promotion is conditional on the probes' write sequences (`mc_write_seq`):
-/// it reads L3 only once L3 has applied every write memcached made to the
-/// key's slot, and after memcached's `HD` it checks that no other write
-/// reached the slot meanwhile; if one did and L3 changed (a delete of a key
-/// memcached no longer held, or a flush, landed between L3's read and the
-/// add), the promotion is undone with `md <key> C<its cas>`, which touches
-/// nothing a client wrote after it.
+/// it is not made when the key's slot was written after the miss, it reads L3
+/// only once L3 has applied every write memcached made to the slot, and after
+/// memcached's `HD` it checks that no other write reached the slot meanwhile;
+/// if one did (it may have been a delete of a key memcached no longer held,
+/// which the add undid), the promotion is undone at once with
+/// `md <key> C<its cas>`, which touches nothing a client wrote after it.
 public final class L3Sync: Sendable {
     public struct Counters: Sendable, Equatable {
         public var stores: UInt64 = 0
@@ -150,9 +150,19 @@ public final class L3Sync: Sendable {
             fresh = true
         }
         guard fresh else { return false }
+        // Every write counted now happened before the flush below, so L3 hides what it wrote: the
+        // slots whose events were lost need not wait for a later write before promotions trust them.
+        let counted = writeSequence.map { read in (0...MemcachedProbes.flushSequenceSlot).map { read($0) } }
         do {
             try store.flush(versionsBefore: L3VersionClock.wallClockMicros(), effectiveUnix: 0)
             count { $0.resyncs += 1 }
+            if let counted {
+                applied.withLock { applied in
+                    for (slot, seq) in counted.enumerated() {
+                        if let seq, !Self.reached(applied[slot], seq) { applied[slot] = seq }
+                    }
+                }
+            }
         } catch {
             count { $0.failures += 1 }
         }

@@ -110,8 +110,17 @@ struct L3SyncTests {
         defer { cleanup() }
         let lost = Mutex<UInt64>(0)
         try LoopbackMemcached.with { a in
+            // Every slot counts 7 writes whose events were lost: after the resync, promotions trust
+            // L3 without waiting for later writes (else each would wait and be deferred). y's slot
+            // reads 7 at the resync and before its promotion, 8 after its add.
+            let ySlot = MemcachedProbes.writeSequenceSlot(of: Array("y".utf8))
+            let yReads = Mutex(0)
             let sync = L3Sync(store: store, memcachedHost: "127.0.0.1", port: a.port,
-                              lostEvents: { lost.withLock { $0 } })
+                              lostEvents: { lost.withLock { $0 } },
+                              writeSequence: { slot in
+                                  guard slot == ySlot else { return 7 }
+                                  return yReads.withLock { n in n += 1; return n <= 2 ? 7 : 8 }
+                              })
             defer { sync.stop() }
             try store.put(key: Array("x".utf8), item: L3Item(value: [1], flags: 0, exptimeUnix: 0, version: 1))
             lost.withLock { $0 = 3 }
@@ -126,8 +135,9 @@ struct L3SyncTests {
             try store.put(key: Array("y".utf8), item: L3Item(value: [2], flags: 0, exptimeUnix: 0, version: after))
             sync.apply(MemcachedEvent(kind: .miss, command: 1, key: Array("y".utf8)))
             #expect(sync.drain())
-            #expect(try a.tcp().get("y")?.data == [2])
-            #expect(sync.snapshot.resyncs == 1)
+            let c = try a.tcp()
+            #expect(try c.get("y")?.data == [2])
+            #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promotionsDeferred == 0)
         }
     }
 
