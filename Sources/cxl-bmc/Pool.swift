@@ -106,7 +106,8 @@ struct PoolCommand: ParsableCommand {
                     let writer = p.writerPID != 0 ? "writer pid \(p.writerPID)" : (p.cleanShutdown ? "no writer (clean)" : "no writer")
                     print("    log \(p.stats.logUsed)/\(p.stats.logSize) bytes (\(permille / 10).\(permille % 10)%), epoch \(p.stats.epoch), \(writer)")
                     print("    items \(p.liveItems) live, \(p.tombstones) tombstones, \(p.expiredItems) expired; \(p.slotsUsed) index slots used of \(p.geometry.bucketCount * PoolFormat.slotsPerBucket)")
-                    print("    stats: puts \(p.stats.puts), deletes \(p.stats.deletes), reclaimed \(p.stats.reclaimed), expired \(p.stats.expired), index evictions \(p.stats.indexEvictions), bytes \(p.stats.bytes)")
+                    print("    stats: puts \(p.stats.puts), deletes \(p.stats.deletes), reclaimed \(p.stats.reclaimed), second chances (CLOCK) \(p.stats.secondChances), expired \(p.stats.expired), index evictions \(p.stats.indexEvictions), items \(p.stats.items), bytes \(p.stats.bytes)")
+                    print("    log walk: \(p.scannedItems) live items, \(p.scannedBytes) key+value bytes\(p.scannedItems == Int(p.stats.items) && p.scannedBytes == Int(p.stats.bytes) ? " (as the writer counts)" : " (the writer counts \(p.stats.items) items, \(p.stats.bytes) bytes)")")
                     print("    checksum failures: \(p.checksumFailures) damaged run(s), \(p.damagedBytes) bytes (writer counted \(p.stats.checksumFailures))")
                 }
                 for d in report.damage { print("  damage: \(d)") }

@@ -38,6 +38,9 @@ struct PoolCLITests {
         #expect(inspect.status == 0)
         #expect(inspect.out.contains("partition 1: node 1, offset 0x400000"))
         #expect(inspect.out.contains("items 100 live"))
+        #expect(inspect.out.contains("second chances (CLOCK) 0"), "\(inspect.out)")
+        #expect(inspect.out.contains("log walk: 100 live items"), "\(inspect.out)")
+        #expect(inspect.out.contains("(as the writer counts)"), "\(inspect.out)")
         #expect(inspect.out.contains("checksum failures: 0"))
         #expect(try run(["pool", "check", tmp.path]).status == 0)
 
