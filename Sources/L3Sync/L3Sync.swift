@@ -59,18 +59,38 @@ public final class L3Sync: Sendable {
         /// Promotion latencies (miss event → memcached's HD), log2 histogram of µs: bucket i counts
         /// latencies in [2^(i-1), 2^i) µs (bucket 0: under 1 µs).
         public var promotionLatencyLog2Us = [UInt64](repeating: 0, count: 32)
+        /// L3 lookups made for promotions, their total time and a log2 histogram of ns (bucket i:
+        /// [2^(i-1), 2^i) ns), whatever L3 is (a partition, the cluster, memory).
+        public var lookups: UInt64 = 0
+        public var lookupNsTotal: UInt64 = 0
+        public var lookupLatencyLog2Ns = [UInt64](repeating: 0, count: 40)
 
         /// The latency under which `fraction` of the promotions completed (the bucket's upper bound), µs.
         public func promotionLatencyPercentileUs(_ fraction: Double) -> UInt64? {
-            let total = promotionLatencyLog2Us.reduce(0, +)
+            Self.percentile(promotionLatencyLog2Us, fraction)
+        }
+
+        /// The latency under which `fraction` of the L3 lookups completed (the bucket's upper bound), ns.
+        public func lookupLatencyPercentileNs(_ fraction: Double) -> UInt64? {
+            Self.percentile(lookupLatencyLog2Ns, fraction)
+        }
+
+        /// The bucket i of a log2 histogram holds [2^(i-1), 2^i): the upper bound of the one
+        /// where `fraction` of the samples is reached.
+        static func percentile(_ histogram: [UInt64], _ fraction: Double) -> UInt64? {
+            let total = histogram.reduce(0, +)
             guard total > 0 else { return nil }
-            let rank = UInt64((Double(total) * fraction).rounded(.up))
+            let rank = max(1, UInt64((Double(total) * fraction).rounded(.up)))
             var seen: UInt64 = 0
-            for (i, n) in promotionLatencyLog2Us.enumerated() {
+            for (i, n) in histogram.enumerated() {
                 seen += n
-                if seen >= max(rank, 1) { return UInt64(1) << i }
+                if seen >= rank { return UInt64(1) << i }
             }
-            return UInt64(1) << (promotionLatencyLog2Us.count - 1)
+            return UInt64(1) << (histogram.count - 1)
+        }
+
+        static func log2Bucket(_ value: UInt64, buckets: Int) -> Int {
+            value == 0 ? 0 : min(buckets - 1, 64 - value.leadingZeroBitCount)
         }
     }
 
@@ -407,7 +427,15 @@ public final class L3Sync: Sendable {
                 count { $0.promotionsRaced += 1 }
                 return
             }
-            guard let hit = try store.get(key: key) else { return }
+            let lookupStart = L1Cache.monotonicNs()
+            let found = try store.get(key: key)
+            let lookupNs = L1Cache.monotonicNs() &- lookupStart
+            count {
+                $0.lookups += 1
+                $0.lookupNsTotal += lookupNs
+                $0.lookupLatencyLog2Ns[Counters.log2Bucket(lookupNs, buckets: $0.lookupLatencyLog2Ns.count)] += 1
+            }
+            guard let hit = found else { return }
             count { $0.l3Hits += 1 }
             var flags = ["F\(hit.flags)", "ME"]
             if hit.exptimeUnix != 0 {
@@ -439,8 +467,7 @@ public final class L3Sync: Sendable {
                         return
                     }
                 }
-                let us = took / 1000
-                let bucket = us == 0 ? 0 : min(31, 64 - us.leadingZeroBitCount)
+                let bucket = Counters.log2Bucket(took / 1000, buckets: 32)
                 count {
                     $0.promoted += 1
                     $0.promotionNsTotal += took

@@ -50,6 +50,8 @@ struct DaemonStatus: Codable, Equatable {
                 "promotions_deferred": c.promotionsDeferred, "deletes_of_absent_keys": c.deletesOfAbsentKeys,
                 "promotion_avg_us": c.promoted > 0 ? c.promotionNsTotal / c.promoted / 1000 : 0,
                 "promotion_p99_us": c.promotionLatencyPercentileUs(0.99) ?? 0,
+                "lookups": c.lookups, "lookup_avg_ns": c.lookups > 0 ? c.lookupNsTotal / c.lookups : 0,
+                "lookup_p99_ns": c.lookupLatencyPercentileNs(0.99) ?? 0,
             ]
         }
         if let (c, down) = cluster {
@@ -99,7 +101,7 @@ struct DaemonStatus: Codable, Equatable {
             out.append("  memcached events: \(kinds); \(events["emitted"] ?? 0) emitted, \(events["lost"] ?? 0) lost")
         }
         if let l3 {
-            out.append("  L3: \(l3["stores"] ?? 0) written through, \(l3["l3_hits"] ?? 0) misses answered, \(l3["promoted"] ?? 0) promoted (avg \(l3["promotion_avg_us"] ?? 0) µs, p99 ≤ \(l3["promotion_p99_us"] ?? 0) µs), \(l3["promotions_raced"] ?? 0) raced, \(l3["promotions_undone"] ?? 0) undone, \(l3["dropped"] ?? 0) dropped, \(l3["failures"] ?? 0) failures, \(l3["resyncs"] ?? 0) resyncs")
+            out.append("  L3: \(l3["stores"] ?? 0) written through, \(l3["l3_hits"] ?? 0) misses answered, \(l3["promoted"] ?? 0) promoted (avg \(l3["promotion_avg_us"] ?? 0) µs, p99 ≤ \(l3["promotion_p99_us"] ?? 0) µs), \(l3["promotions_raced"] ?? 0) raced, \(l3["promotions_undone"] ?? 0) undone, \(l3["dropped"] ?? 0) dropped, \(l3["failures"] ?? 0) failures, \(l3["resyncs"] ?? 0) resyncs; L3 lookups avg \(l3["lookup_avg_ns"] ?? 0) ns, p99 ≤ \(l3["lookup_p99_ns"] ?? 0) ns")
         }
         if let c = cluster {
             out.append("  L3 lookups: \(c["local_hits"] ?? 0) local, \(c["direct_hits"] ?? 0) direct, \(c["remote_hits"] ?? 0) remote hits, \(c["misses"] ?? 0) misses (avg \(c["lookup_avg_ns"] ?? 0) ns, p99 < \(c["lookup_p99_ns"] ?? 0) ns); CXL \(c["cxl_bytes_read"] ?? 0) B read, \(c["cxl_bytes_written"] ?? 0) B written")

@@ -81,6 +81,11 @@ final class MetricsExporter: @unchecked Sendable {
             add("cxlbmc_l3_promotions_undone_total", c.promotionsUndone, help: "promotions undone: a delete or flush reached memcached between L3's read and the add")
             add("cxlbmc_l3_promotions_deferred_total", c.promotionsDeferred, help: "promotions skipped: L3 had not applied the key's latest writes in time")
             add("cxlbmc_l3_deletes_of_absent_keys_total", c.deletesOfAbsentKeys, help: "deletes of keys memcached did not hold, applied to L3")
+            add("cxlbmc_l3_promotion_lookups_total", c.lookups, help: "L3 lookups made for promotions")
+            add("cxlbmc_l3_promotion_lookup_nanoseconds_total", c.lookupNsTotal, help: "sum of those lookups' latencies, ns")
+            if let p99 = c.lookupLatencyPercentileNs(0.99) {
+                set("cxlbmc_l3_promotion_lookup_p99_nanoseconds", Double(p99), help: "p99 L3 lookup latency for promotions (upper bound of its log2 bucket), ns")
+            }
             if let p99 = c.promotionLatencyPercentileUs(0.99) {
                 set("cxlbmc_l3_promotion_p99_microseconds", Double(p99), help: "p99 promotion latency (upper bound of its log2 bucket), µs")
             }

@@ -2,7 +2,7 @@ import CXLBMCABI
 import CXLTier
 import Foundation
 @testable import NetnsTestSupport
-import L3Sync
+@testable import L3Sync
 import Synchronization
 import MemcacheClient
 import MemcachedProbes
@@ -92,6 +92,8 @@ struct L3SyncTests {
             #expect(try c.get("gone") == nil, "a deleted key is never resurrected")
             let counts = sync.snapshot
             #expect(counts.misses >= 2 && counts.l3Hits == 1 && counts.promoted == 1 && counts.failures == 0)
+            #expect(counts.lookups >= 1 && counts.lookupNsTotal > 0 && counts.lookupLatencyPercentileNs(0.99) != nil)
+            #expect(counts.promotionLatencyPercentileUs(0.99) != nil)
 
             // A newer write wins over a promotion (add semantics): L3 holds an older value.
             try store.put(key: Array("race".utf8), item: L3Item(value: [9], flags: 0, exptimeUnix: 0, version: 1))
@@ -139,6 +141,18 @@ struct L3SyncTests {
             #expect(try c.get("y")?.data == [2])
             #expect(sync.snapshot.resyncs == 1 && sync.snapshot.promotionsDeferred == 0)
         }
+    }
+
+    /// The p99 of a log2 histogram is the upper bound of the bucket where 99 % is reached.
+    @Test func latencyPercentilesComeFromLog2Buckets() {
+        var c = L3Sync.Counters()
+        #expect(c.promotionLatencyPercentileUs(0.99) == nil && c.lookupLatencyPercentileNs(0.5) == nil)
+        c.lookupLatencyLog2Ns[2] = 50 // [2, 4) ns
+        c.lookupLatencyLog2Ns[10] = 49 // [512, 1024) ns
+        c.lookupLatencyLog2Ns[20] = 1 // about 1 ms
+        #expect(c.lookupLatencyPercentileNs(0.5) == 4)
+        #expect(c.lookupLatencyPercentileNs(0.99) == 1024)
+        #expect(c.lookupLatencyPercentileNs(1.0) == 1 << 20)
     }
 
     /// flush_all with a delay: items stored before the flush time disappear at that time, not
