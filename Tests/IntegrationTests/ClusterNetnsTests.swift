@@ -402,4 +402,71 @@ struct ClusterNetnsTests {
             #expect(c["local_hits"]! >= moving.count, "moved keys served from node 3's own partition: \(c)")
         }
     }
+
+    /// Until `condition` holds for the nodes `tb`'s daemon believes down.
+    static func waitForDownNodes(_ tb: Testbed, timeout: Duration = .seconds(15), _ condition: ([Int]) -> Bool) throws {
+        let deadline = ContinuousClock.now + timeout
+        var last: [Int]?
+        repeat {
+            last = try downNodes(tb)
+            if let last, condition(last) { return }
+            usleep(200_000)
+        } while ContinuousClock.now < deadline
+        throw HarnessError("down nodes of \(tb.name) after \(timeout): \(String(describing: last))")
+    }
+
+    @Test("the link between two hosts cut mid-transfer: writes to the far host's keys fail over with no error to callers, its keys are missed (never wrong) while it is out of reach, and once the link is back every read is the newest write")
+    func linkCutMidTransfer() throws {
+        // Two CXL domains: everything between the hosts goes over the network.
+        try Self.withCluster(domains: ["default", "rackB"]) { cluster in
+            let (a, b) = (0, 1)
+            let (tbA, tbB) = (cluster.testbeds[a], cluster.testbeds[b])
+            let keys = (0..<600).map { "lk\($0)" }.filter { cluster.home($0) == b }.prefix(60).map { $0 }
+            #expect(keys.count == 60, "node 1 owns about half the keys")
+            let onlyAtB = (0..<600).map { "lb\($0)" }.filter { cluster.home($0) == b }.prefix(20).map { $0 }
+            // v1 of `keys`, and `onlyAtB`, written through B: B's memcached and partition hold them.
+            let v1 = keys.map { (key: $0, flags: UInt32(1), value: Self.randomValue($0)) }
+            let atB = onlyAtB.map { (key: $0, flags: UInt32(3), value: Self.randomValue($0)) }
+            try cluster.set(via: b, v1 + atB)
+            usleep(1_000_000)
+
+            // B's port on the hosts' bridge goes down while A writes v2 through to B, their home.
+            func link(_ state: String) throws {
+                let r = try runProcess("/sbin/ip", ["-n", "\(tbA.name)-lan", "link", "set", "\(tbB.name)-l", state])
+                guard r.status == 0 else { throw HarnessError("ip link set \(state): \(r)") }
+            }
+            let v2 = keys.map { (key: $0, flags: UInt32(2), value: Self.randomValue($0)) }
+            try cluster.set(via: a, Array(v2[..<30]))
+            try link("down")
+            var linkDown = true
+            defer { if linkDown { try? link("up") } }
+            try cluster.set(via: a, Array(v2[30...])) // memcached answers at once; the write-through cannot reach B
+            try Self.waitForDownNodes(tbA) { $0 == [b] }
+            usleep(2_500_000) // the peer request timeout (1 s) and the failovers after it
+            let during = try cluster.counters(a)
+            #expect(during["failover_writes"]! > 0 && during["peer_errors"]! > 0, "writes for B's keys failed over: \(during)")
+            #expect(try cluster.counters(a, "l3")["failures"] == 0, "no write-through failure: every write found a home")
+
+            // While B is out of reach, A's misses of B's keys are misses, never a wrong value.
+            let cut = try cluster.getAll(via: a, onlyAtB, timeout: .seconds(2))
+            Self.expectExact(cut, atB.filter { cut[$0.key] != nil }, "read through node 0 while the link is down")
+
+            try link("up")
+            linkDown = false
+            try Self.waitForDownNodes(tbA) { $0.isEmpty }
+            try Self.waitForDownNodes(tbB) { $0.isEmpty }
+            // A reaches B's partition again: the keys only B held are promoted, byte-exact.
+            Self.expectExact(try cluster.getAll(via: a, onlyAtB), atB, "read through node 0 after the link came back")
+            // B's memcached restarts empty: each key read through B is v2 — from B's partition for
+            // the writes made before the cut, from A's (a network read) for the ones failed over —
+            // never the older v1 B's partition still holds for those.
+            kill(tbB.memcachedPIDs.last!, SIGKILL)
+            usleep(300_000)
+            _ = try tbB.startMemcached(["-t", "1"])
+            Self.expectExact(try cluster.getAll(via: b, keys), v2, "read through node 1 after its memcached restarted")
+            usleep(1_200_000) // the daemons publish their counters once a second
+            let after = try cluster.counters(b)
+            #expect(after["remote_hits"]! >= 30, "the failed-over writes were read from node 0 over the network: \(after)")
+        }
+    }
 }
