@@ -19,12 +19,10 @@ public final class L1Fuzz {
 
     public static let sets: UInt32 = 1024
 
-    /// 64-bit FNV-1a folded to L1's set index, as the BPF side does: used only
-    /// to give every primed key its own set.
+    /// L1's set index of a key, as the BPF side computes it: used only to give every primed key
+    /// its own set.
     public static func setIndex(_ key: [UInt8], sets: UInt32) -> UInt32 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in key { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return (UInt32(truncatingIfNeeded: h) ^ UInt32(truncatingIfNeeded: h >> 32)) & (sets - 1)
+        L1KeyHash.index(of: key, mask: sets - 1)
     }
 
     public struct Divergence: Codable, Sendable {

@@ -165,12 +165,9 @@ public final class MemcachedProbes {
         WriteSequences(map: try object.map(named: String(cString: MC_MAP_WRITE_SEQ)))
     }
 
-    /// The write-sequence slot of a key: the probes' FNV-1a (bpf/include/mcache_hash.bpf.h) folded
-    /// to `MC_WRITE_SEQ_SLOTS`.
+    /// The write-sequence slot of a key: the probes' key hash folded to `MC_WRITE_SEQ_SLOTS`.
     public static func writeSequenceSlot(of key: some Sequence<UInt8>) -> Int {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in key { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return Int((UInt32(truncatingIfNeeded: h) ^ UInt32(truncatingIfNeeded: h >> 32)) & (UInt32(MC_WRITE_SEQ_SLOTS) - 1))
+        Int(L1KeyHash.index(of: key, mask: UInt32(MC_WRITE_SEQ_SLOTS) - 1))
     }
     /// The slot flush_all counts in.
     public static let flushSequenceSlot = Int(MC_WRITE_SEQ_FLUSH)

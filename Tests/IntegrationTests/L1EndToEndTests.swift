@@ -252,6 +252,17 @@ struct L1EndToEndTests {
     /// killed and a new one started (probed automatically: `--memcached` covers future processes in
     /// the namespace); a GET misses, L3 answers, the item is promoted, and the next GET hits —
     /// byte-exact with its flags — and is then served by L1 over UDP.
+    /// Once the last write reached L3: memcached killed and started again, empty (the host
+    /// failure L3 covers), and the probes armed in the new process. Its pid.
+    static func replaceMemcached(_ tb: Testbed, _ memcached: Int32) throws -> Int32 {
+        usleep(300_000) // the event reaches L3
+        kill(memcached, SIGKILL)
+        usleep(300_000)
+        let second = try tb.startMemcached(["-t", "2"])
+        usleep(300_000) // the probes arm in the new process
+        return second
+    }
+
     @Test func itemLostByMemcachedIsPromotedBackFromL3() throws {
         try Self.withL1(probeArguments: { tb, _ in
             ["--memcached", "/usr/bin/memcached", "--no-cxl", "--memcached-addr", "\(tb.serverIP4):11211",
@@ -260,12 +271,8 @@ struct L1EndToEndTests {
             let value = "promoted-\(UInt64.random(in: 0...UInt64.max))"
             let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set pk 31 600 \(value.utf8.count)\r\n\(value)\r\n"])
             #expect(set.status == 0 && set.stdout.contains("stored"), "\(set)")
-            usleep(300_000) // the event reaches L3
-            kill(memcached, SIGKILL)
-            usleep(300_000)
-            let second = try tb.startMemcached(["-t", "2"])
+            let second = try Self.replaceMemcached(tb, memcached)
             defer { kill(second, SIGKILL) }
-            usleep(300_000) // the probes arm in the new process
             let miss = try tb.mcLoad(["get", "--server", tb.serverIP4, "pk"])
             #expect(!miss.stdout.contains(value), "the new memcached starts empty: \(miss)")
             let hit = try Self.getOverTCP(tb, "pk", until: value)
@@ -306,12 +313,8 @@ struct L1EndToEndTests {
             let value = "sized-\(UInt64.random(in: 0...UInt64.max))"
             let set = try tb.mcLoad(["raw", "--server", tb.serverIP4, "set sized 7 600 \(value.utf8.count)\r\n\(value)\r\n"])
             #expect(set.stdout.contains("stored"), "\(set)")
-            usleep(300_000) // the event reaches L3
-            kill(memcached, SIGKILL)
-            usleep(300_000)
-            let second = try tb.startMemcached(["-t", "2"])
+            let second = try Self.replaceMemcached(tb, memcached)
             defer { kill(second, SIGKILL) }
-            usleep(300_000) // the probes arm in the new process
             _ = try tb.mcLoad(["get", "--server", tb.serverIP4, "sized"])
             let hit = try Self.getOverTCP(tb, "sized", until: value)
             #expect(hit.contains("sized flags=7 bytes=\(value.utf8.count): \"\(value)\""), "\(hit); log: \(log.contents())")
