@@ -17,11 +17,12 @@ import Testing
         #expect(MemoryLayout<l1_way>.offset(of: \.state) == 30)
         #expect(MemoryLayout<l1_way>.offset(of: \.referenced) == 31)
 
-        #expect(MemoryLayout<l1_set>.size == 32 + Int(L1_WAYS) * 32)
+        #expect(MemoryLayout<l1_set>.size == 64 + Int(L1_WAYS) * 32)
+        #expect(MemoryLayout<l1_set>.offset(of: \.tag) == 32)
         #expect(MemoryLayout<l1_set>.offset(of: \.lock) == 0)
         #expect(MemoryLayout<l1_set>.offset(of: \.gen) == 4)
         #expect(MemoryLayout<l1_set>.offset(of: \.blocked_until_ns) == 16)
-        #expect(MemoryLayout<l1_set>.offset(of: \.ways) == 32)
+        #expect(MemoryLayout<l1_set>.offset(of: \.ways) == 64)
         #expect(Int(L1_SMALL_WAYS + L1_MEDIUM_WAYS + L1_LARGE_WAYS) == Int(L1_WAYS))
     }
 

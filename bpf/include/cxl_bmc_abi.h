@@ -77,6 +77,10 @@ struct l1_set {
 	__u32 valid_wgen;
 	__u64 blocked_until_ns;    /* no fill before this (noreply writes, releases) */
 	__u64 pending_deadline_ns; /* after this, pending writes are presumed applied */
+	/* The high half of each way's key_hash, written with it by a fill: a
+	 * GET reads this line to find the way instead of every way's own line.
+	 * An emptied way keeps its tag (its state says it is empty). */
+	__u32 tag[L1_WAYS];
 	struct l1_way ways[L1_WAYS];
 };
 
@@ -357,7 +361,9 @@ struct mc_probe_stats {
 /* ---- layout checks ------------------------------------------------------- */
 
 _Static_assert(sizeof(struct l1_way) == 32, "l1_way layout");
-_Static_assert(sizeof(struct l1_set) == 32 + L1_WAYS * 32, "l1_set layout");
+_Static_assert(sizeof(struct l1_set) == 32 + L1_WAYS * 4 + L1_WAYS * 32, "l1_set layout");
+/* Header and tags fill one cache line; sets stay line-aligned in the array. */
+_Static_assert(sizeof(struct l1_set) % 64 == 0, "l1_set alignment");
 _Static_assert(L1_SMALL_WAYS + L1_MEDIUM_WAYS + L1_LARGE_WAYS == L1_WAYS, "ways split");
 _Static_assert(sizeof(struct l1_ticket_key) == 20, "l1_ticket_key layout");
 _Static_assert(sizeof(struct l1_ticket) == 16 + MC_MAX_GET_KEYS * 12, "l1_ticket layout");

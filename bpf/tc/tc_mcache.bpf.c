@@ -193,6 +193,7 @@ static __always_inline void fill_block(struct fill_ctx *c, __u64 hash, __u32 pos
 		struct l1_way *wy = &set->ways[way & (L1_WAYS - 1)];
 		wy->state = L1_WAY_FILLING;
 		wy->key_hash = hash;
+		set->tag[way & (L1_WAYS - 1)] = (__u32)(hash >> 32);
 		wy->seq++;
 		my_seq = wy->seq;
 	}

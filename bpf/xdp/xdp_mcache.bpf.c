@@ -282,6 +282,14 @@ __noinline int mc_parse_get(struct mcache_scratch *s)
 		return L1_STAT_PASS_NOT_GET;
 	__u32 end = len - 2;
 	__u32 n = 0;
+	/* The common request, one key after one space: a single scan. */
+	__u32 stop = mc_scan(s, p + 1, end, SCAN_DELIM);
+	if (stop == end && end - (p + 1) - 1 < MC_MAX_KEY_LEN) {
+		s->key_off[0] = p + 1;
+		s->key_len[0] = end - (p + 1);
+		s->nkeys = 1;
+		return 0;
+	}
 	for (__u32 k = 0; k <= MC_MAX_GET_KEYS; k++) {
 		__u32 start = mc_scan(s, p, end, SCAN_NONSPACE);
 		if (start >= end)
@@ -317,12 +325,20 @@ struct get_ctx {
 /* Compares the key inside the copied block with the requested key. */
 __noinline int key_matches(struct mcache_scratch *s, __u32 out_off, __u32 key_off, __u32 klen)
 {
-	if (!s)
+	if (!s || klen > MC_MAX_KEY_LEN)
 		return 0;
-	for (__u32 i = 0; i < MC_MAX_KEY_LEN; i++) {
-		if (i >= klen)
+	/* Eight bytes at a time: `in` and `out` are followed by more of the
+	 * scratch value, so a word's overshoot stays inside it. */
+	for (__u32 i = 0; i < (MC_MAX_KEY_LEN + 7) / 8; i++) {
+		__u32 at = i * 8;
+		if (at >= klen)
 			break;
-		if (OUT(s, out_off + 6 + i) != IN(s, key_off + i))
+		__u64 a = *(__u64 *)&s->out[BOUND(out_off + 6 + at, SCRATCH_MASK)];
+		__u64 b = *(__u64 *)&s->in[BOUND(key_off + at, SCRATCH_MASK)];
+		__u64 diff = a ^ b;
+		if (klen - at < 8)
+			diff &= (1ULL << ((klen - at) * 8)) - 1; /* bytes past the key */
+		if (diff)
 			return 0;
 	}
 	return OUT(s, out_off + 6 + klen) == ' ';
@@ -358,9 +374,12 @@ static long get_key_cb(__u32 k, struct get_ctx *c)
 	__u32 wgen = wgenp ? READ_ONCE(*wgenp) : 0;
 	__u32 gen = READ_ONCE(set->gen) + wgen;
 	__u64 now = c->now;
+	__u32 tag = (__u32)(h >> 32);
 	for (int w = 0; w < L1_WAYS; w++) {
 		if (READ_ONCE(set->valid_wgen) != wgen)
 			break;
+		if (READ_ONCE(set->tag[w]) != tag)
+			continue;
 		struct l1_way *wy = &set->ways[w];
 		if (READ_ONCE(wy->key_hash) != h)
 			continue;
@@ -496,7 +515,8 @@ static __always_inline int request_checksums_ok(struct mcache_scratch *s, struct
 static __always_inline int send_reply(struct xdp_md *ctx, struct mcache_scratch *s, struct pkt_info *pi,
 				      __u32 rlen)
 {
-	__u32 old_len = bpf_xdp_get_buff_len(ctx);
+	/* The program is not frags-aware: the frame is linear. */
+	__u32 old_len = (__u32)((long)ctx->data_end - (long)ctx->data);
 	__u32 new_len = pi->payload_off + rlen;
 	if (rlen < MC_UDP_HDR_LEN + 5 || rlen > MC_UDP_MAX_PAYLOAD)
 		return -1;
@@ -577,7 +597,11 @@ static __always_inline int handle_get(struct xdp_md *ctx, struct mcache_scratch 
 	struct l1_state *st = get_state();
 	if (!st)
 		return XDP_PASS;
-	stat_inc(L1_STAT_GET_SEEN);
+	__u32 zero = 0;
+	struct l1_stats *stats = bpf_map_lookup_elem(&mcache_stats, &zero);
+	if (!stats)
+		return XDP_PASS;
+	stats->counter[L1_STAT_GET_SEEN]++;
 	struct get_ctx c = { .s = s, .cfg = cfg, .now = now, .epoch = st->epoch, .out = MC_UDP_HDR_LEN };
 	bpf_loop(MC_MAX_GET_KEYS, get_key_cb, &c, 0);
 
@@ -590,7 +614,7 @@ static __always_inline int handle_get(struct xdp_md *ctx, struct mcache_scratch 
 		s->ticket.epoch = c.epoch;
 		s->ticket.nkeys = s->nkeys;
 		bpf_map_update_elem(&mcache_tickets, &tk, &s->ticket, BPF_ANY);
-		stat_inc(c.why ? c.why : L1_STAT_MISS);
+		stats->counter[BOUND(c.why ? c.why : L1_STAT_MISS, L1_STAT_COUNT - 1)]++;
 		return XDP_PASS;
 	}
 	/* Frame header: same request id, datagram 0 of 1. */
@@ -621,7 +645,7 @@ static __always_inline int handle_get(struct xdp_md *ctx, struct mcache_scratch 
 	}
 	if (r != 0)
 		return XDP_ABORTED; /* the frame was resized but could not be rebuilt */
-	stat_inc(L1_STAT_HIT);
+	stats->counter[L1_STAT_HIT]++;
 	return XDP_TX;
 }
 
