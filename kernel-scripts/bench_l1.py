@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """L1 benchmark: vanilla memcached vs memcached + cxl-bmc, side by side in one run.
 
-Same test bed, same client (mc-load: UDP GETs, Zipf 0.99), for 64 B and 1 KB values:
+Same test bed, same client (mc-load: UDP GETs, Zipf 0.99; `load --lean` unless --client full:
+the lighter the client, the less of every phase's CPU is the client's, and the less it evicts the
+XDP program's data from the caches between packets), for 64 B and 1 KB values:
   vanilla  memcached alone;
   floor    bare XDP programs on the server that answer every GET with no lookup: on veth
            XDP's cost lands on the *sender's* CPU, so this is the part of the machine's CPU
@@ -91,7 +93,8 @@ def measure(tb, args, value_size, label, extra_pids=()):
     t0 = time.monotonic()
     out = ns_run(tb["CLIENT_NS"], args.mc_load, "load", "--server", tb["SERVER_IP4"], "--keys", str(args.keys),
                  "--value-size", str(value_size), "--zipf", "0.99", "--duration", str(args.duration),
-                 "--inflight", str(args.inflight), "--json", "--seed", "7")
+                 "--inflight", str(args.inflight), "--json", "--seed", "7",
+                 *(["--lean"] if args.client == "lean" else []))
     elapsed = time.monotonic() - t0
     busy = (busy_jiffies() - before) / hz
     procs = (sum(proc_ticks(p) for p in pids) - ticks0) / hz + children_cpu() - client0
@@ -212,6 +215,9 @@ def main():
     ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--l1-entries", type=int, default=65536, help="L1 size given to cxl-bmc attach")
     ap.add_argument("--sizes", default="64,1024")
+    ap.add_argument("--client", choices=("lean", "full"), default="lean",
+                    help="mc-load load --lean (no allocation per GET, replies only classified: the client "
+                         "costs the machine least, so the server's share stands out) or the full client")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "l1.md"))
     ap.add_argument("--json-out", help="also write the medians (and the ratios) as JSON here")
     args = ap.parse_args()
@@ -267,7 +273,7 @@ def main():
     table = "\n".join(lines)
     note = (f"\nOne run of `make bench` on {os.uname().nodename} ({os.cpu_count()} CPUs, kernel {os.uname().release}), "
             f"medians of {args.rounds} interleaved rounds of {args.duration:.0f} s per phase, {args.keys} keys, Zipf 0.99, {args.inflight} GETs in flight, "
-            f"memcached -t 1, L1 of {args.l1_entries} entries. CPU/GET is whole-machine busy time over replies; the floors "
+            f"memcached -t 1, L1 of {args.l1_entries} entries, client `mc-load load{' --lean' if args.client == 'lean' else ''}`. CPU/GET is whole-machine busy time over replies; the floors "
             f"are bare XDP programs answering every GET without a lookup (`END`, or a value of the same size as a hit). "
             f"The server's share is CPU/GET minus the floor's. \"Processes involved\" counts only the client, memcached, "
             f"cxl-bmc's daemon and ksoftirqd (this kernel charges softirq work, XDP included, to the task it interrupts), "
@@ -279,7 +285,7 @@ def main():
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"params": {"rounds": args.rounds, "duration": args.duration, "keys": args.keys,
-                                  "inflight": args.inflight, "l1_entries": args.l1_entries},
+                                  "inflight": args.inflight, "l1_entries": args.l1_entries, "client": args.client},
                        "sizes": {str(k): v for k, v in results.items()}}, f, indent=1)
 
 

@@ -249,7 +249,7 @@ def main():
     if l1:
         p = l1["params"]
         lines.append(f"- **a. L1** (`bench_l1.py`, details in [report-l1.md](report-l1.md)): a veth test bed, mc-load sending UDP GETs "
-                     f"(Zipf 0.99 over {p['keys']} keys, {p['inflight']} in flight) for {p['duration']:g} s per phase, {p['rounds']} rounds. "
+                     f"(Zipf 0.99 over {p['keys']} keys, {p['inflight']} in flight; {'`load --lean`: requests built once, replies only classified, nothing allocated per GET, so the client adds as little as it can to every phase' if p.get('client', 'full') == 'lean' else 'the full client, which parses every reply'}) for {p['duration']:g} s per phase, {p['rounds']} rounds. "
                      "CPU per GET is the CPU time of the processes involved (mc-load, memcached, cxl-bmc's daemon, ksoftirqd: this "
                      "kernel charges softirq work, XDP included, to the task it interrupts) over replies, and, as context, the "
                      "whole machine's busy time, which also holds whatever else runs on a shared machine. On veth XDP runs in "

@@ -57,6 +57,19 @@ public final class MemcacheUDPClient {
         try socket.sendAll(datagram)
     }
 
+    /// Sends a datagram (frame header included) straight from `bytes`: for load generators that
+    /// must not allocate per request.
+    public func sendDatagram(_ bytes: UnsafeRawBufferPointer) throws {
+        try socket.send(bytes)
+    }
+
+    /// Receives one datagram into `buffer`, waiting until `deadline`: its length, or nil if none
+    /// arrived. Allocates nothing.
+    public func receiveDatagram(into buffer: UnsafeMutableRawBufferPointer,
+                                until deadline: ContinuousClock.Instant) throws -> Int? {
+        try socket.receive(into: buffer, deadline: deadline)
+    }
+
     /// Receives one datagram, waiting until `deadline`; nil if none arrived.
     public func receiveDatagram(until deadline: ContinuousClock.Instant) throws -> [UInt8]? {
         try socket.receive(deadline: deadline)

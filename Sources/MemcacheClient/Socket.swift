@@ -84,6 +84,29 @@ final class Socket {
         }
     }
 
+    /// Sends one datagram from `bytes` without copying it.
+    func send(_ bytes: UnsafeRawBufferPointer) throws {
+        let n = retryingEINTR { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+        guard n >= 0 else { throw MemcacheError.system(operation: "send", errno: errno) }
+    }
+
+    /// Receives one datagram into `into`, waiting until `deadline`: its length (truncated to the
+    /// buffer), or nil if nothing arrived by then. Allocates nothing.
+    func receive(into: UnsafeMutableRawBufferPointer, deadline: ContinuousClock.Instant) throws -> Int? {
+        while true {
+            let n = Glibc.recv(fd, into.baseAddress, into.count, Int32(MSG_DONTWAIT))
+            if n >= 0 { return n }
+            guard errno == EAGAIN || errno == EINTR else { throw MemcacheError.system(operation: "recv", errno: errno) }
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            if remaining <= .zero { return nil }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ms = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
+            guard Glibc.poll(&pfd, 1, Int32(clamping: max(ms, 1))) >= 0 || errno == EINTR else {
+                throw MemcacheError.system(operation: "poll", errno: errno)
+            }
+        }
+    }
+
     /// Receives one datagram, or what a stream socket has (up to 64 KiB), waiting until `deadline`;
     /// nil if nothing arrived by then. An empty array means the peer closed a stream socket.
     func receive(deadline: ContinuousClock.Instant) throws -> [UInt8]? {

@@ -45,6 +45,15 @@ struct Load: ParsableCommand {
     @Flag(help: "Print a JSON object on the last line.")
     var json = false
 
+    @Flag(help: """
+        Measure the server, not check it: each key's request is built once and replies are only \
+        classified (a reply starting \"VALUE \" is a hit, one that is only \"END\" a miss; a reply is \
+        complete at the datagram that ends in \"END\\r\\n\", which populate's values never do), so the \
+        client allocates nothing per GET and costs the machine as little as it can. One key per GET; \
+        not with --validate.
+        """)
+    var lean = false
+
     struct Result: Encodable {
         var command = "load"
         var server: String
@@ -72,6 +81,9 @@ struct Load: ParsableCommand {
         }
         guard timeoutMs >= 1 && timeoutMs <= 60_000 else { throw ValidationError("--timeout-ms must be in 1...60000") }
         guard maxRequests >= 1 else { throw ValidationError("--max-requests must be at least 1") }
+        if lean && (validateValues || multiget != 1) {
+            throw ValidationError("--lean sends one key per GET and does not read values: not with --validate or --multiget")
+        }
     }
 
     private struct Outstanding {
@@ -80,6 +92,7 @@ struct Load: ParsableCommand {
     }
 
     func run() throws {
+        if lean { return try runLean() }
         let client = try MemcacheUDPClient(host: target.server, port: target.port)
         var ranks = Zipf(n: keys, theta: zipf, seed: seed)
         var assembler = UDPReplyAssembler()
@@ -143,6 +156,110 @@ struct Load: ParsableCommand {
         if validateValues { summary.append("  validation errors: \(result.validationErrors)") }
         try report(summary, result, json: json)
         if result.validationErrors > 0 || result.errors > 0 { throw ExitCode.failure }
+    }
+
+    /// The load with `--lean`: the same requests in the same order (same seed), no allocation per
+    /// GET. Request ids are handed out in order, so the oldest outstanding request is found by
+    /// walking ids from the oldest one sent.
+    private func runLean() throws {
+        let client = try MemcacheUDPClient(host: target.server, port: target.port)
+        var ranks = Zipf(n: keys, theta: zipf, seed: seed)
+        let requests = (0..<keys).map { MemcacheUDPRequest.get(requestID: 0, keys: [prefix + String($0)]) }
+        var result = Result(server: client.server.description)
+        let (inflight, maxRequests, timeout) = (inflight, maxRequests, Duration.milliseconds(timeoutMs))
+        let tick = Duration.milliseconds(1)
+        let ids = 1 << 16
+        var busy = [Bool](repeating: false, count: ids)
+        var hit = [Bool](repeating: false, count: ids)
+        let start = ContinuousClock.now
+        var sentAt = [ContinuousClock.Instant](repeating: start, count: ids)
+        var outstanding = 0
+        var nextID = 0, oldestID = 0
+        var sendBuffer = [UInt8](repeating: 0, count: 2048)
+        var receiveBuffer = [UInt8](repeating: 0, count: 65536)
+        let stopSending = start + .seconds(fraction: duration)
+        var nextExpiryCheck = start + tick
+        let end = Array("END\r\n".utf8), value = Array("VALUE ".utf8)
+
+        func finish(_ id: Int) {
+            busy[id] = false
+            outstanding -= 1
+        }
+
+        while true {
+            var now = ContinuousClock.now
+            let sending = now < stopSending && result.requests < maxRequests
+            if !sending && outstanding == 0 { break }
+
+            while sending && outstanding < inflight && result.requests < maxRequests {
+                while busy[nextID] { nextID = (nextID + 1) & (ids - 1) }
+                let id = nextID
+                try requests[ranks.next()].withUnsafeBytes { request in
+                    try sendBuffer.withUnsafeMutableBytes { out in
+                        out.copyMemory(from: request)
+                        out[0] = UInt8(id >> 8)
+                        out[1] = UInt8(id & 0xff)
+                        try client.sendDatagram(UnsafeRawBufferPointer(rebasing: out[..<request.count]))
+                    }
+                }
+                busy[id] = true
+                hit[id] = false
+                sentAt[id] = now
+                outstanding += 1
+                nextID = (id + 1) & (ids - 1)
+                result.requests += 1
+            }
+
+            let received = try receiveBuffer.withUnsafeMutableBytes { try client.receiveDatagram(into: $0, until: now + tick) }
+            if let n = received {
+                result.datagrams += 1
+                let id = n >= MemcacheUDPHeader.size ? Int(receiveBuffer[0]) << 8 | Int(receiveBuffer[1]) : -1
+                if id >= 0 && busy[id] {
+                    let payload = receiveBuffer[MemcacheUDPHeader.size..<n]
+                    if payload.starts(with: value) { hit[id] = true }
+                    if payload.count >= end.count && payload.suffix(end.count).elementsEqual(end) {
+                        result.replies += 1
+                        if hit[id] { result.hits += 1 } else if payload.count == end.count { result.misses += 1 } else { result.errors += 1 }
+                        finish(id)
+                    }
+                } else if id < 0 {
+                    result.errors += 1
+                }
+            }
+
+            now = ContinuousClock.now
+            if now >= nextExpiryCheck {
+                // Oldest first: the first outstanding request still young ends the walk.
+                var walked = 0
+                while oldestID != nextID && walked < ids {
+                    if busy[oldestID] {
+                        guard now - sentAt[oldestID] > timeout else { break }
+                        finish(oldestID)
+                        result.timeouts += 1
+                    }
+                    oldestID = (oldestID + 1) & (ids - 1)
+                    walked += 1
+                }
+                if !sending && now - stopSending > timeout + tick {
+                    // Whatever is still out is lost, wherever the walk stopped.
+                    for id in 0..<ids where busy[id] {
+                        finish(id)
+                        result.timeouts += 1
+                    }
+                }
+                nextExpiryCheck = now + tick
+            }
+        }
+
+        let elapsed = ContinuousClock.now - start
+        result.seconds = elapsed.seconds
+        result.opsPerSec = rate(result.replies, elapsed)
+        result.keysPerSec = rate(result.hits + result.misses, elapsed)
+        try report([
+            "load \(result.server) (lean): \(result.requests) requests, \(result.replies) replies, \(result.timeouts) timeouts in \(String(format: "%.2f", result.seconds)) s",
+            "  \(Int(result.opsPerSec)) ops/s, \(result.hits) hits, \(result.misses) misses, \(result.datagrams) datagrams, \(result.errors) errors",
+        ], result, json: json)
+        if result.errors > 0 { throw ExitCode.failure }
     }
 
     /// `multiget` distinct keys, drawn by Zipf rank.

@@ -102,6 +102,37 @@ struct VanillaMemcachedTests {
         }
     }
 
+    /// The lean client (the benchmark's) counts what the full client counts: the same seeded
+    /// sequence over 200 keys of which only 150 exist gives the same hits and misses, with
+    /// single- and three-datagram values.
+    @Test(arguments: [64, 3000])
+    func leanLoadCountsHitsAndMissesAsTheFullClient(valueSize: Int) throws {
+        try Testbed.with { testbed in
+            try testbed.startMemcached()
+            let populate = try testbed.mcLoad(["populate", "--server", testbed.serverIP4, "--keys", "150",
+                                               "--value-size", String(valueSize), "--json"])
+            #expect(populate.status == 0, "\(populate)")
+            let common = ["load", "--server", testbed.serverIP4, "--keys", "200", "--value-size", String(valueSize),
+                          "--zipf", "0", "--duration", "30", "--max-requests", "3000", "--inflight", "4",
+                          "--seed", "11", "--timeout-ms", "2000", "--json"]
+            let full = try testbed.mcLoad(common).json(McLoad.Load.self)
+            let leanRun = try testbed.mcLoad(common + ["--lean"])
+            #expect(leanRun.status == 0, "\(leanRun)")
+            let lean = try leanRun.json(McLoad.Load.self)
+            #expect(lean.requests == 3000)
+            #expect(lean.timeouts == 0 && full.timeouts == 0)
+            #expect(lean.errors == 0)
+            #expect(lean.replies == 3000)
+            #expect(lean.misses > 0 && lean.hits > lean.misses, "keys 150..<200 are absent")
+            #expect(lean.hits == full.hits)
+            #expect(lean.misses == full.misses)
+            #expect(lean.datagrams >= (valueSize > 1400 ? 3 * lean.hits : lean.replies))
+
+            let refused = try testbed.mcLoad(common + ["--lean", "--validate"])
+            #expect(refused.status != 0, "--lean does not read values: --validate is refused")
+        }
+    }
+
     @Test func staleCheckFindsNothingStaleInVanillaMemcached() throws {
         try Testbed.with { testbed in
             try testbed.startMemcached()
