@@ -20,8 +20,10 @@ public final class ClusterNode: @unchecked Sendable {
     private let clients: [PeerClient]
 
     /// Opens this host's partition of `pool` (the one nodes.conf's local node owns), binds the
-    /// peer port, and starts heartbeats. `replicas` overrides the config's.
+    /// peer port, and starts heartbeats. `replicas` overrides the config's. The hand-off waits up
+    /// to `handOffWait` for the nodes it sends to.
     public static func start(config: ClusterConfig, pool: Pool, replicas: Int? = nil,
+                             handOffWait: Duration = .seconds(30),
                              logger: Logger = Logger(label: "cxl-bmc.cluster")) throws -> ClusterNode {
         guard let partition = pool.partitions.first(where: { $0.ownerNode == config.localNodeID })?.id else {
             throw ClusterSetupError.localPartition(node: config.localNodeID, found: nil, using: -1)
@@ -57,7 +59,7 @@ public final class ClusterNode: @unchecked Sendable {
             store.startHeartbeats()
             let node = ClusterNode(config: config, store: store, server: server, local: local, group: group,
                                    clients: Array(clients.values))
-            node.startHandOff(logger: logger)
+            node.startHandOff(wait: handOffWait, logger: logger)
             return node
         } catch {
             local.close()
@@ -80,11 +82,11 @@ public final class ClusterNode: @unchecked Sendable {
     private let handOffDone = DispatchSemaphore(value: 0)
 
     /// Membership change: in the background, sends the keys this host's partition holds that the
-    /// config's ring now places elsewhere to their nodes (``ClusterL3Store/handOff(waitForNodes:concurrency:)``).
-    private func startHandOff(logger: Logger) {
+    /// config's ring places on other nodes to those that need them (``ClusterL3Store/handOff(waitForNodes:concurrency:)``).
+    private func startHandOff(wait: Duration, logger: Logger) {
         Thread.detachNewThread { [self] in
-            let report = store.handOff()
-            if report.moved > 0 { logger.notice("membership hand-off: \(report)") }
+            let report = store.handOff(waitForNodes: wait)
+            if report.moved > 0 || report.applied > 0 || report.failed > 0 { logger.notice("membership hand-off: \(report)") }
             handOffResult.withLock { $0 = report }
             handOffDone.signal()
         }

@@ -361,6 +361,103 @@ struct ClusterTests {
         #expect(again.moved == reports[0].moved && again.applied == 0 && again.failed == 0, "\(again)")
     }
 
+    @Test("r = 2: after a 4th node joins, every key is on each of its two new replicas, also when the replica it displaced is down; a former replica's older copy is never read")
+    func membershipChangeFillsEveryNewReplica() throws {
+        let directory = NSTemporaryDirectory() + "l3cluster-rjoin-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(secret.utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let ports = try (0..<4).map { _ in try freePort() }
+        let path = "/dev/shm/l3cluster-rjoin-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let pool = try Pool.create(path: path, size: 4 * Self.sliceSize,
+                                   slices: (0..<4).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
+        func config(_ id: Int, nodes: Int) throws -> ClusterConfig {
+            let lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key", "replicas=2"]
+                + (0..<nodes).map { "node\($0)=127.0.0.1:\(ports[$0]):\($0 * Self.sliceSize):\(Self.sliceSize)" }
+            return try ClusterConfig.parse(lines.joined(separator: "\n") + "\n", source: "node\(id).conf", baseDirectory: directory)
+        }
+        var nodes: [ClusterNode?] = Array(repeating: nil, count: 4)
+        defer { for node in nodes { node?.shutdown() } }
+        let partitions = try (0..<4).map { id in try pool.reader(partition: pool.partitions.first { $0.ownerNode == id }!.id) }
+        func start(_ id: Int, nodes count: Int) throws {
+            nodes[id] = try ClusterNode.start(config: try config(id, nodes: count), pool: try Pool(path: path),
+                                              handOffWait: .seconds(3))
+        }
+
+        // Three nodes, r = 2; 1,500 keys, each in the partitions of both its replicas (written
+        // there directly: no peer timeout on a busy machine can move a copy elsewhere).
+        for id in 0..<3 { try start(id, nodes: 3) }
+        let keys = (0..<1500).map(Self.key)
+        var latest = keys.indices.map { 1000 + UInt64($0) }
+        let ring3 = HashRing(config: try config(0, nodes: 3)), ring4 = HashRing(config: try config(0, nodes: 4))
+        for (i, key) in keys.enumerated() {
+            for id in ring3.owners(of: key, replicas: 2) {
+                try nodes[id]!.local.put(key: key, item: Self.item("key:\(i)", version: latest[i]))
+            }
+        }
+        for id in 0..<3 { nodes[id]!.shutdown(); nodes[id] = nil }
+
+        // Node 3 joins; 0 and 2 restart with the four-node config while node 1 stays down. Keys
+        // whose new replicas are {0 or 2, 3} and whose displaced replica is node 1 can reach node 3
+        // only from the replica that stays.
+        let entering = keys.indices.filter { i in
+            let old = Set(ring3.owners(of: keys[i], replicas: 2)), new = ring4.owners(of: keys[i], replicas: 2)
+            return new.contains(3) && old.contains(1) && !new.contains(1)
+        }
+        #expect(entering.count > 50, "the ring gives the case enough keys: \(entering.count)")
+        try start(3, nodes: 4)
+        for id in [0, 2] { try start(id, nodes: 4) }
+        let reports = try [0, 2].map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        print("r = 2 join with node 1 down: \(reports)")
+        /// The keys some node of their new replica set (`among`) lacks at their newest version.
+        func missing(among running: Set<Int>) -> [String] {
+            keys.indices.flatMap { i in
+                ring4.owners(of: keys[i], replicas: 2).filter(running.contains).compactMap { id -> String? in
+                    partitions[id].get(keys[i])?.version == latest[i] ? nil : "key:\(i) on node \(id)"
+                }
+            }
+        }
+        let lacking = missing(among: [0, 2, 3])
+        #expect(lacking.count == 0, "\(lacking.count) copies missing, e.g. \(lacking.prefix(5))")
+        #expect(reports.allSatisfy { $0.checked > 0 && $0.applied > 0 }, "\(reports)")
+
+        // Node 1 comes back with the new config: now every key is on both of its replicas.
+        try start(1, nodes: 4)
+        let report1 = try #require(nodes[1]!.waitForHandOff(timeout: .seconds(60)))
+        #expect(report1.failed == 0, "\(report1)")
+        let lackingAll = missing(among: [0, 1, 2, 3])
+        #expect(lackingAll.count == 0, "\(lackingAll.count) copies missing, e.g. \(lackingAll.prefix(5))")
+
+        // A node that stopped being a key's replica keeps its copy (left to log reclaim), but a
+        // newer write goes to the new replicas, and every read — its own included — returns that.
+        let dropped = keys.indices.compactMap { i -> (Int, Int)? in
+            let new = ring4.owners(of: keys[i], replicas: 2)
+            return ring3.owners(of: keys[i], replicas: 2).first { !new.contains($0) }.map { (i, $0) }
+        }
+        #expect(dropped.count > 100, "\(dropped.count)")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, nodes.contains(where: { !$0!.store.downNodes.isEmpty }) { usleep(50_000) }
+        for (i, _) in dropped {
+            latest[i] = 90_000 + UInt64(i)
+            try nodes[3]!.store.put(key: keys[i], item: Self.item("key:\(i)", version: latest[i]))
+        }
+        #expect(nodes[3]!.store.drain())
+        for (i, former) in dropped {
+            #expect(partitions[former].get(keys[i])?.version == 1000 + UInt64(i), "key:\(i): node \(former)'s old copy is kept")
+            let read = try nodes[former]!.store.get(key: keys[i])
+            #expect(read?.version == latest[i] && read?.value == Self.item("key:\(i)", version: latest[i]).value,
+                    "key:\(i) read through its former replica node \(former)")
+        }
+        // A hand-off repeated now sends nothing: every copy is up to date.
+        nodes[0]!.shutdown()
+        try start(0, nodes: 4)
+        let again = try #require(nodes[0]!.waitForHandOff(timeout: .seconds(60)))
+        #expect(again.applied == 0 && again.failed == 0 && again.upToDate > 0, "\(again)")
+    }
+
     @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
     func indexedKeys() throws {
         let path = "/dev/shm/l3cluster-keys-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
