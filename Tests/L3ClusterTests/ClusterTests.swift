@@ -458,6 +458,110 @@ struct ClusterTests {
         #expect(again.applied == 0 && again.failed == 0 && again.upToDate > 0, "\(again)")
     }
 
+    @Test("live reload: three running nodes apply a four-node config (4th node in another CXL domain) — keys move ≈ 1/4 to it, reads stay byte-exact; a bad or unappliable config is refused and changes nothing")
+    func liveReloadAddsANode() throws {
+        let directory = NSTemporaryDirectory() + "l3cluster-reload-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(secret.utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let ports = try (0..<4).map { _ in try freePort() }
+        let tag = "\(getpid())-\(UUID().uuidString.prefix(8))"
+        let pathA = "/dev/shm/l3cluster-reload-\(tag)-A.pool", pathB = "/dev/shm/l3cluster-reload-\(tag)-B.pool"
+        defer { for path in [pathA, pathB] { try? FileManager.default.removeItem(atPath: path) } }
+        let poolA = try Pool.create(path: pathA, size: 3 * Self.sliceSize,
+                                    slices: (0..<3).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
+        let poolB = try Pool.create(path: pathB, size: Self.sliceSize, slices: [SliceSpec(ownerNode: 3, base: 0, size: Self.sliceSize)])
+        func text(_ id: Int, nodes: Int, slice0: Int = 0) -> String {
+            var lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key"]
+            for n in 0..<min(nodes, 3) { lines.append("node\(n)=127.0.0.1:\(ports[n]):\(n == 0 ? slice0 : n * Self.sliceSize):\(Self.sliceSize)") }
+            if nodes == 4 { lines += ["node3=127.0.0.1:\(ports[3]):0:\(Self.sliceSize)", "node3.domain=rackB"] }
+            return lines.joined(separator: "\n") + "\n"
+        }
+        func write(_ text: String, _ name: String) -> String {
+            _ = FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8))
+            return directory + "/" + name
+        }
+        var nodes: [ClusterNode?] = Array(repeating: nil, count: 4)
+        defer { for node in nodes { node?.shutdown() } }
+        for id in 0..<3 {
+            nodes[id] = try ClusterNode.start(config: try ClusterConfig.load(path: write(text(id, nodes: 3), "node\(id).conf")),
+                                              pool: try Pool(path: pathA), handOffWait: .seconds(5))
+        }
+        let keys = (0..<2000).map(Self.key)
+        var latest = keys.indices.map { 1000 + UInt64($0) }
+        let ring3 = nodes[0]!.store.ring
+        for (i, key) in keys.enumerated() {
+            try nodes[ring3.owner(of: key)!]!.store.put(key: key, item: Self.item("key:\(i)", version: latest[i]))
+        }
+        nodes[3] = try ClusterNode.start(config: try ClusterConfig.load(path: write(text(3, nodes: 4), "node3.conf")),
+                                         pool: try Pool(path: pathB), handOffWait: .seconds(5))
+
+        // Refused, and nothing changes: a config that does not validate, and one that moves this node's slice.
+        let bad = write(text(0, nodes: 4).replacingOccurrences(of: "num_nodes=4", with: "num_nodes=4\nreplicas=9"), "bad.conf")
+        #expect {
+            _ = try nodes[0]!.reload(path: bad)
+        } throws: { error in
+            guard case .invalid(let message) = error as? ClusterNode.ReloadError else { return false }
+            return message.hasPrefix(bad + ":") && message.contains("replicas")
+        }
+        #expect {
+            _ = try nodes[0]!.reload(config: try ClusterConfig.parse(text(0, nodes: 4, slice0: 3 * Self.sliceSize),
+                                                                     source: "moved.conf", baseDirectory: directory))
+        } throws: { error in
+            guard case .needsRestart(let what) = error as? ClusterNode.ReloadError else { return false }
+            return what.contains("slice")
+        }
+        #expect(nodes[0]!.config.nodes.count == 3 && nodes[0]!.store.ring.members.count == 3)
+        #expect(try nodes[0]!.store.get(key: keys[0])?.version == latest[0])
+
+        // The three apply the four-node config live (the files they run with, rewritten).
+        let ring4 = HashRing(config: try ClusterConfig.parse(text(0, nodes: 4), baseDirectory: directory))
+        let moving = keys.indices.filter { ring4.owner(of: keys[$0]) == 3 }
+        for id in 0..<3 {
+            let report = try nodes[id]!.reload(path: write(text(id, nodes: 4), "node\(id).conf"))
+            #expect(report.added.map(\.id) == [3] && report.removed.isEmpty && report.changed.isEmpty, "\(report)")
+            #expect("\(report)".contains("added node3 (127.0.0.1:\(ports[3]), domain rackB, weight 1)"), "\(report)")
+        }
+        let reports = try (0..<3).map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        let moved = reports.map(\.moved).reduce(0, +)
+        print("live reload 3 → 4 nodes: \(moved) of \(keys.count) keys moved; \(reports)")
+        #expect(moved == moving.count, "exactly the keys the new ring places on node 3: \(reports)")
+        #expect((0.2...0.3).contains(Double(moved) / Double(keys.count)), "\(moved)")
+        #expect(reports.map(\.applied).reduce(0, +) == moving.count && reports.allSatisfy { $0.failed == 0 }, "\(reports)")
+        // Node 3's partition (another domain: reached only over the network) holds exactly the moved keys.
+        let partition3 = try poolB.reader(partition: 0)
+        for (i, key) in keys.enumerated() {
+            let held = partition3.get(key)
+            #expect((held != nil) == moving.contains(i), "key:\(i) on node 3")
+            if let held { #expect(held.version == latest[i] && held.value == Self.item("key:\(i)", version: latest[i]).value) }
+        }
+        // Every node reads every key byte-exact (node 3 over the network, the others read node 3 so too).
+        for id in 0..<4 {
+            for i in stride(from: id, to: keys.count, by: 5) {
+                let read = try nodes[id]!.store.get(key: keys[i])
+                #expect(read?.version == latest[i] && read?.value == Self.item("key:\(i)", version: latest[i]).value,
+                        "node \(id), key:\(i)")
+            }
+        }
+        // A write under the new ring reaches node 3 through the client the reload made.
+        for i in moving.prefix(20) {
+            latest[i] = 80_000 + UInt64(i)
+            try nodes[0]!.store.put(key: keys[i], item: Self.item("key:\(i)", version: latest[i]))
+        }
+        #expect(nodes[0]!.store.drain())
+        for i in moving.prefix(20) {
+            #expect(partition3.get(keys[i])?.version == latest[i], "key:\(i)")
+            #expect(try nodes[1]!.store.get(key: keys[i])?.version == latest[i], "key:\(i) through node 1")
+        }
+        #expect(nodes[0]!.store.snapshot.failoverWrites == 0)
+        // Reloading the same file again changes nothing and hands nothing off.
+        let same = try nodes[1]!.reload(path: directory + "/node1.conf")
+        #expect(same.isEmpty, "\(same)")
+        _ = poolA
+    }
+
     @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
     func indexedKeys() throws {
         let path = "/dev/shm/l3cluster-keys-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
