@@ -141,12 +141,15 @@ public final class ClusterNode: @unchecked Sendable {
         case needsRestart(String)
         /// The config does not fit the pool (e.g. a node of this domain without a partition).
         case setup(String)
+        /// A change live reload does not make (removing a node).
+        case unsupported(String)
 
         public var description: String {
             switch self {
             case .invalid(let message): message
             case .needsRestart(let what): "\(what): this cannot be applied live; restart the daemon with the new config"
             case .setup(let message): message
+            case .unsupported(let what): what
             }
         }
     }
@@ -191,7 +194,8 @@ public final class ClusterNode: @unchecked Sendable {
     /// changed), the peer port's allowed ids, then the hand-off of the keys whose placement
     /// changed, in the background (``waitForHandOff(timeout:)``) — the code a start runs.
     /// Refused, with nothing changed: this node's id, address, slice or domain changed, or the
-    /// key file did (the peer port is bound and its key fixed), or the config does not fit the pool.
+    /// key file did (the peer port is bound and its key fixed), a node was removed, or the config
+    /// does not fit the pool.
     public func reload(config new: ClusterConfig) throws(ReloadError) -> ReloadReport {
         return try reloading.withLock { _ throws(ReloadError) -> ReloadReport in try applyReload(new) }
     }
@@ -218,6 +222,13 @@ public final class ClusterNode: @unchecked Sendable {
         let newNodes = Dictionary(uniqueKeysWithValues: new.nodes.map { ($0.id, $0) })
         report.added = new.nodes.filter { oldNodes[$0.id] == nil }
         report.removed = old.nodes.filter { newNodes[$0.id] == nil }
+        if !report.removed.isEmpty {
+            // Its partition would no longer be read, and an older copy of one of its keys on
+            // another node (a former home) could be read in place of the newest write it holds.
+            throw .unsupported("removing " + report.removed.map { "node\($0.id) (\($0.address))" }.joined(separator: ", ")
+                + " is not supported by live reload: its keys' newest writes would no longer be read; "
+                + "keep it in nodes.conf (a dead node is a failure the cluster handles)")
+        }
         var reconnect: Set<NodeID> = []
         for node in new.nodes {
             guard let before = oldNodes[node.id] else { continue }

@@ -52,6 +52,7 @@ extension ClusterL3Store {
     /// it waits all of it; a node still down then is sent to anyway (and counted as failed).
     public func handOff(waitForNodes: Duration = .seconds(30), concurrency: Int = 64) -> HandOffReport {
         let started = ContinuousClock.now
+        let rounds = heartbeatRounds.load(ordering: .acquiring)
         var report = HandOffReport()
         // One placement for the whole run, even if a reload replaces it meanwhile.
         let topology = self.topology
@@ -96,11 +97,13 @@ extension ClusterL3Store {
         }
         guard !plan.isEmpty else { return finish() }
 
-        // The nodes must have answered a heartbeat: until the first round every peer is presumed up.
+        // The nodes must have answered a heartbeat: until the first round every peer is presumed up,
+        // and a node a reload just added until a round that started after it. A round completed
+        // since `rounds` was read may have begun before: two are waited for.
         let targets = Set(plan.flatMap(\.nodes))
         let deadline = ContinuousClock.now + waitForNodes
         while ContinuousClock.now < deadline, !heartbeatStop.load(ordering: .acquiring),
-              heartbeatRounds.load(ordering: .acquiring) == 0 || !targets.allSatisfy(isUp) {
+              heartbeatRounds.load(ordering: .acquiring) < rounds + 2 || !targets.allSatisfy(isUp) {
             usleep(50_000)
         }
 

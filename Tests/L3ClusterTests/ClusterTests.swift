@@ -513,6 +513,15 @@ struct ClusterTests {
             guard case .needsRestart(let what) = error as? ClusterNode.ReloadError else { return false }
             return what.contains("slice")
         }
+        // Removing a node is refused too (its partition would no longer be read).
+        let withoutNode2 = text(0, nodes: 3).replacingOccurrences(of: "num_nodes=3", with: "num_nodes=2")
+            .split(separator: "\n").filter { !$0.hasPrefix("node2=") }.joined(separator: "\n") + "\n"
+        #expect {
+            _ = try nodes[0]!.reload(config: try ClusterConfig.parse(withoutNode2, source: "two.conf", baseDirectory: directory))
+        } throws: { error in
+            guard case .unsupported(let what) = error as? ClusterNode.ReloadError else { return false }
+            return what.hasPrefix("removing node2 (127.0.0.1:\(ports[2]))")
+        }
         #expect(nodes[0]!.config.nodes.count == 3 && nodes[0]!.store.ring.members.count == 3)
         #expect(try nodes[0]!.store.get(key: keys[0])?.version == latest[0])
 
