@@ -59,8 +59,12 @@ struct Attach: ParsableCommand {
             node(s) on the consistent-hash ring: in process, or sent to the peer. A lookup reads \
             the key's partitions directly when they are in this host's CXL domain, over the \
             network otherwise, and takes the newest version. A peer that stops answering is \
-            marked down and its keys' writes go to the next node until it answers again. On \
-            exit, writes still in flight to peers are waited for, then the peer port closes. \
+            marked down and its keys' writes go to the next node until it answers again. At \
+            start, and at each SIGHUP (`cxl-bmc cluster reload IFACE`), which re-reads nodes.conf \
+            and applies it live (an invalid file, a change to this node or to the key file, or a \
+            removed node is refused and the running config kept; the log says why or what \
+            changed), each key is sent to the nodes of its replica set that lack it. On exit, \
+            writes still in flight to peers are waited for, then the peer port closes. \
             See docs/Peering.md.
 
             A pool outlives the daemon, and memcached may take writes while no daemon watches \
