@@ -473,8 +473,8 @@ struct ClusterTests {
         let poolA = try Pool.create(path: pathA, size: 3 * Self.sliceSize,
                                     slices: (0..<3).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
         let poolB = try Pool.create(path: pathB, size: Self.sliceSize, slices: [SliceSpec(ownerNode: 3, base: 0, size: Self.sliceSize)])
-        func text(_ id: Int, nodes: Int, slice0: Int = 0) -> String {
-            var lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key"]
+        func text(_ id: Int, nodes: Int, slice0: Int = 0, replicas: Int = 1) -> String {
+            var lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key", "replicas=\(replicas)"]
             for n in 0..<min(nodes, 3) { lines.append("node\(n)=127.0.0.1:\(ports[n]):\(n == 0 ? slice0 : n * Self.sliceSize):\(Self.sliceSize)") }
             if nodes == 4 { lines += ["node3=127.0.0.1:\(ports[3]):0:\(Self.sliceSize)", "node3.domain=rackB"] }
             return lines.joined(separator: "\n") + "\n"
@@ -568,7 +568,24 @@ struct ClusterTests {
         // Reloading the same file again changes nothing and hands nothing off.
         let same = try nodes[1]!.reload(path: directory + "/node1.conf")
         #expect(same.isEmpty, "\(same)")
-        _ = poolA
+
+        // replicas=1 → 2 by reload: no node is displaced, so every second replica is filled by the
+        // check step of the key's first (the one holding it), across domains too.
+        for id in 0..<4 {
+            let report = try nodes[id]!.reload(path: write(text(id, nodes: 4, replicas: 2), "node\(id).conf"))
+            #expect(report.settings == ["replicas 1 → 2"] && report.added.isEmpty, "\(report)")
+        }
+        let second = try (0..<4).map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        print("live reload replicas 1 → 2: \(second)")
+        #expect(second.allSatisfy { $0.failed == 0 }, "\(second)")
+        let readers = try (0..<3).map { id in try poolA.reader(partition: poolA.partitions.first { $0.ownerNode == id }!.id) } + [partition3]
+        var lacking: [String] = []
+        for (i, key) in keys.enumerated() {
+            for id in ring4.owners(of: key, replicas: 2) where readers[id].get(key)?.version != latest[i] {
+                lacking.append("key:\(i) on node \(id)")
+            }
+        }
+        #expect(lacking.count == 0, "\(lacking.count) replicas lack their key, e.g. \(lacking.prefix(5))")
     }
 
     @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
