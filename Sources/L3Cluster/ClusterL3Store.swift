@@ -102,14 +102,31 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         static let maxWritesInFlight = 128
     }
 
-    public let config: ClusterConfig
-    public let ring: HashRing
-    public let replicas: Int
+    /// Where keys live: the config, its ring, the replication factor and how this host reaches
+    /// each node. Replaced as a whole by a live reload (``apply(config:clients:replicas:)``); each
+    /// read, write and hand-off works on one topology from start to end.
+    public struct Topology: Sendable {
+        public let config: ClusterConfig
+        public let ring: HashRing
+        public let replicas: Int
+        public let members: [NodeID: Member]
+        /// The partitions of this host's domain, whose flush_all marks every read applies.
+        let domainPartitions: [Int]
+
+        /// The nodes a write of `key` can land on, in ring order: its first r + 1.
+        func candidates(_ key: [UInt8]) -> [NodeID] {
+            ring.owners(of: key, replicas: min(config.nodes.count, replicas + 1))
+        }
+    }
+
+    private let state: Mutex<Topology>
+    public var topology: Topology { state.withLock { $0 } }
+    public var config: ClusterConfig { topology.config }
+    public var ring: HashRing { topology.ring }
+    public var replicas: Int { topology.replicas }
+    public var members: [NodeID: Member] { topology.members }
     public let local: CXLTierStore
-    public let members: [NodeID: Member]
     let pool: Pool
-    /// The partitions of this host's domain, whose flush_all marks every read applies.
-    private let domainPartitions: [Int]
     private let counters = Mutex(Counters())
     private let down = Mutex<Set<NodeID>>([])
     let logger: Logger
@@ -122,12 +139,14 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     public init(config: ClusterConfig, pool: Pool, local: CXLTierStore, clients: [NodeID: PeerClient],
                 replicas: Int? = nil,
                 logger: Logger = Logger(label: "cxl-bmc.cluster")) throws(ClusterSetupError) {
-        self.config = config
-        self.ring = HashRing(config: config)
-        self.replicas = max(1, min(replicas ?? config.replicas, config.nodes.count))
         self.local = local
         self.pool = pool
         self.logger = logger
+        state = Mutex(try Self.topology(config: config, pool: pool, local: local, clients: clients, replicas: replicas))
+    }
+
+    static func topology(config: ClusterConfig, pool: Pool, local: CXLTierStore, clients: [NodeID: PeerClient],
+                         replicas: Int?) throws(ClusterSetupError) -> Topology {
         let me = config.localNode
         var members: [NodeID: Member] = [:]
         var domainPartitions: [Int] = []
@@ -154,8 +173,27 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                 members[node.id] = Member(node: node, path: .network, partition: nil, reader: nil, client: client)
             }
         }
-        self.members = members
-        self.domainPartitions = domainPartitions
+        return Topology(config: config, ring: HashRing(config: config),
+                        replicas: max(1, min(replicas ?? config.replicas, config.nodes.count)),
+                        members: members, domainPartitions: domainPartitions)
+    }
+
+    /// Live reload: from now on, reads and writes use `config`'s ring and nodes. `clients` holds
+    /// one client per peer of the new config (the caller reuses the existing ones). This host's
+    /// node must be the same (its partition). Returns the topology replaced. Writes already in
+    /// flight finish under the old one (versions order them); run ``handOff(waitForNodes:concurrency:)``
+    /// next to send keys whose placement changed.
+    @discardableResult
+    public func apply(config: ClusterConfig, clients: [NodeID: PeerClient], replicas: Int? = nil) throws(ClusterSetupError) -> Topology {
+        let new = try Self.topology(config: config, pool: pool, local: local, clients: clients, replicas: replicas)
+        let old = state.withLock { current in
+            defer { current = new }
+            return current
+        }
+        // Nodes no longer configured are forgotten; new ones are presumed up until a heartbeat says otherwise.
+        let kept = Set(new.members.keys)
+        down.withLock { $0.formIntersection(kept) }
+        return old
     }
 
     public var snapshot: Counters { counters.withLock { $0 } }
@@ -174,22 +212,19 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
 
     /// The path that would serve `key` from its home node now (for status and tests).
     public func homePath(of key: [UInt8]) -> AccessPath? {
-        ring.owner(of: key).flatMap { members[$0]?.path }
-    }
-
-    /// The nodes a write of `key` can land on, in ring order: its first r + 1.
-    func candidates(_ key: [UInt8]) -> [NodeID] {
-        ring.owners(of: key, replicas: min(config.nodes.count, replicas + 1))
+        let topology = topology
+        return topology.ring.owner(of: key).flatMap { topology.members[$0]?.path }
     }
 
     // MARK: Heartbeats
 
     /// Sends `mn` to every peer every `interval`; a peer that fails is marked down (its writes
     /// fail over), one that answers is up again.
+    /// Each round pings the peers of the topology current then (a reload's new peers included).
     public func startHeartbeats(interval: TimeInterval = 0.25) {
-        let peers = members.values.filter { $0.client != nil }
         Thread.detachNewThread { [self] in
             while !heartbeatStop.load(ordering: .acquiring) {
+                let peers = topology.members.values.filter { $0.client != nil }.sorted { $0.node.id < $1.node.id }
                 for member in peers {
                     let ok = (try? blocking { try await member.client!.noop() }.get()) != nil
                     mark(member.node.id, up: ok)
@@ -227,8 +262,9 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
             if best == nil || version > best!.version { best = (version, item, path) }
         }
         var asked = Set<NodeID>()
-        for id in candidates(key) + [config.localNodeID] where asked.insert(id).inserted {
-            guard let member = members[id] else { continue }
+        let topology = topology
+        for id in topology.candidates(key) + [topology.config.localNodeID] where asked.insert(id).inserted {
+            guard let member = topology.members[id] else { continue }
             switch member.path {
             case .local, .direct:
                 let answer = member.path == .local ? local.versioned(key) : member.reader!.versioned(key)
@@ -259,7 +295,8 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
         }
         let now = Int64(currentUnixTime())
         var result: L3Item?
-        if let best, let item = best.item, !item.isExpired(now: now), try !hiddenByFlush(item, now: now) {
+        if let best, let item = best.item, !item.isExpired(now: now),
+           try !hiddenByFlush(item, now: now, partitions: topology.domainPartitions) {
             result = item
         }
         let elapsed = (ContinuousClock.now - started).components
@@ -280,8 +317,8 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
 
     /// flush_all is cluster-wide within a CXL domain: an item is hidden if any partition's mark
     /// in this host's domain hides it (each host writes its own partition's mark).
-    private func hiddenByFlush(_ item: L3Item, now: Int64) throws -> Bool {
-        for partition in domainPartitions where try CXLTierStore.flushMark(pool: pool, partition: partition).hides(item, now: now) {
+    private func hiddenByFlush(_ item: L3Item, now: Int64, partitions: [Int]) throws -> Bool {
+        for partition in partitions where try CXLTierStore.flushMark(pool: pool, partition: partition).hides(item, now: now) {
             return true
         }
         return false
@@ -310,19 +347,21 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
     /// Sends `operation` to the key's first r live nodes among its candidates; when fewer are
     /// live, the rest goes to this host's partition (which every read of this host asks).
     private func write(_ key: [UInt8], _ operation: Write) throws {
-        let nodes = candidates(key)
+        let topology = topology
+        let me = topology.config.localNodeID, replicas = topology.replicas
+        let nodes = topology.candidates(key)
         var targets = Array(nodes.filter(isUp).prefix(replicas))
         let failover = targets != Array(nodes.prefix(replicas))
-        if targets.count < replicas && !targets.contains(config.localNodeID) {
-            targets.append(config.localNodeID)
+        if targets.count < replicas && !targets.contains(me) {
+            targets.append(me)
             count { $0.writesKeptLocally += 1 }
         }
         if failover { count { $0.failoverWrites += 1 } }
         for id in targets {
-            if id == config.localNodeID {
+            if id == me {
                 try applyLocally(key, operation)
             } else {
-                send(key, operation, to: id, fallbacks: nodes.filter { !targets.contains($0) })
+                send(key, operation, to: id, fallbacks: nodes.filter { !targets.contains($0) }, topology: topology)
             }
         }
     }
@@ -343,8 +382,8 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
 
     /// Sends one write to a peer without waiting for it; if the peer fails, marks it down and
     /// sends the write to the next of `fallbacks` (this host's partition last).
-    private func send(_ key: [UInt8], _ operation: Write, to id: NodeID, fallbacks: [NodeID]) {
-        guard let member = members[id], let client = member.client, let slots = member.writeSlots else { return }
+    private func send(_ key: [UInt8], _ operation: Write, to id: NodeID, fallbacks: [NodeID], topology: Topology) {
+        guard let member = topology.members[id], let client = member.client, let slots = member.writeSlots else { return }
         slots.wait()
         inFlight.add(1, ordering: .acquiringAndReleasing)
         Task { [self] in
@@ -372,14 +411,14 @@ public final class ClusterL3Store: L3Store, @unchecked Sendable {
                 count { $0.peerErrors += 1 }
                 logger.debug("write of a key to node \(id) failed: \(error)")
                 if Self.meansDown(error) { mark(id, up: false) }
-                let next = fallbacks.first(where: isUp) ?? config.localNodeID
+                let next = fallbacks.first(where: isUp) ?? topology.config.localNodeID
                 count { $0.failoverWrites += 1 }
-                if next == config.localNodeID || members[next]?.client == nil {
+                if next == topology.config.localNodeID || topology.members[next]?.client == nil {
                     do { try applyLocally(key, operation) } catch {
                         logger.error("a write could not be kept anywhere: \(error)")
                     }
                 } else {
-                    send(key, operation, to: next, fallbacks: fallbacks.filter { $0 != next })
+                    send(key, operation, to: next, fallbacks: fallbacks.filter { $0 != next }, topology: topology)
                 }
             }
         }

@@ -45,6 +45,8 @@ public final class PeerServer: Sendable {
     }
 
     let configuration: Configuration
+    /// `configuration.allowedPeers`, replaceable while serving (a live reload of nodes.conf).
+    private let allowed: Mutex<Set<NodeID>?>
     let store: any LocalStore
     let stats = Mutex(Statistics())
     /// Open connections, closed by ``close()``.
@@ -59,9 +61,17 @@ public final class PeerServer: Sendable {
 
     private init(configuration: Configuration, store: any LocalStore, logger: Logger, channel: any Channel) {
         self.configuration = configuration
+        allowed = Mutex(configuration.allowedPeers)
         self.store = store
         self.logger = logger
         self.channel = channel
+    }
+
+    /// Node ids allowed to authenticate from now on (nil: any); connections already
+    /// authenticated stay.
+    public var allowedPeers: Set<NodeID>? {
+        get { allowed.withLock { $0 } }
+        set { allowed.withLock { $0 = newValue } }
     }
 
     /// Binds `host:port` (port 0 picks a free one) and starts serving.
@@ -243,7 +253,7 @@ final class PeerServerHandler: ChannelInboundHandler {
             reject(context: context, line: "CLIENT_ERROR malformed AU")
             return
         }
-        let allowed = config.allowedPeers.map { $0.contains(client) } ?? true
+        let allowed = server.allowedPeers.map { $0.contains(client) } ?? true
         guard allowed, Handshake.verifyClient(tag, psk: psk, serverNonce: serverNonce, clientNonce: clientNonce,
                                               client: client, server: config.localNodeID) else {
             server.stats.withLock { $0.authenticationFailures += 1 }

@@ -59,8 +59,12 @@ struct Attach: ParsableCommand {
             node(s) on the consistent-hash ring: in process, or sent to the peer. A lookup reads \
             the key's partitions directly when they are in this host's CXL domain, over the \
             network otherwise, and takes the newest version. A peer that stops answering is \
-            marked down and its keys' writes go to the next node until it answers again. On \
-            exit, writes still in flight to peers are waited for, then the peer port closes. \
+            marked down and its keys' writes go to the next node until it answers again. At \
+            start, and at each SIGHUP (`cxl-bmc cluster reload IFACE`), which re-reads nodes.conf \
+            and applies it live (an invalid file, a change to this node or to the key file, or a \
+            removed node is refused and the running config kept; the log says why or what \
+            changed), each key is sent to the nodes of its replica set that lack it. On exit, \
+            writes still in flight to peers are waited for, then the peer port closes. \
             See docs/Peering.md.
 
             A pool outlives the daemon, and memcached may take writes while no daemon watches \
@@ -185,12 +189,16 @@ struct Attach: ParsableCommand {
             // Take SIGINT/SIGTERM over before attaching, so a signal during the
             // attach detaches cleanly instead of killing us half-way.
             let signals = ShutdownSignals()
+            // SIGHUP: reload nodes.conf (with --config); never the default action (exit).
+            let reloads = ReloadSignal(expectsCluster: config != nil)
             let metrics = try metricsAddress.flatMap(Events.hostPort).map { host, metricsPort in
                 try MetricsExporter(host: host, port: metricsPort)
             }
             if let metrics { print("metrics: http://\(metrics.address)/metrics") }
             // What can fail without touching the interface is done first: the config and the pool.
             let cluster = try config.map { path in try ClusterConfig.load(path: path) }
+            // SIGHUP re-reads this path: made absolute now, whatever the working directory later.
+            let absoluteConfigPath = config.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             if let replicate, let cluster, replicate > cluster.nodes.count {
                 throw ValidationError("--replicate \(replicate): the cluster has \(cluster.nodes.count) nodes")
             }
@@ -282,7 +290,7 @@ struct Attach: ParsableCommand {
             }
             let l1 = L1Service(cache: cache, keepPins: keepPins)
             let services = Daemon.services(
-                cluster: clusterNode.map(ClusterService.init), sync: sync.map { L3SyncService($0, recorder: gapRecorder) },
+                cluster: clusterNode.map { ClusterService($0, configPath: absoluteConfigPath!, reloads: reloads) }, sync: sync.map { L3SyncService($0, recorder: gapRecorder) },
                 events: events, l1: l1,
                 counters: CountersService(cache: cache, probes: probes, sync: sync, cluster: clusterNode, metrics: metrics,
                                           statsInterval: statsInterval),

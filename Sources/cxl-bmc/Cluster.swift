@@ -6,9 +6,41 @@ import Synchronization
 
 struct Cluster: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The peering cluster: nodes.conf, placement, reachability.",
-        subcommands: [ClusterStatus.self]
+        abstract: "The peering cluster: nodes.conf, placement, reachability, live reload.",
+        subcommands: [ClusterStatus.self, ClusterReload.self]
     )
+}
+
+struct ClusterReload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reload",
+        abstract: "Make the daemon attached to IFACE re-read its nodes.conf and apply it live (SIGHUP).",
+        discussion: """
+            Finds the daemon by its status file (/run/cxl-bmc/IFACE.json) and sends it SIGHUP,             as `kill -HUP PID` would. The daemon re-reads the --config file it was started with:             an invalid file is refused with its FILE:LINE error, and a change that cannot be             applied live (this node's id, address, slice or domain, or the key file) is refused;             either way it keeps running on the config it had. Otherwise it applies the new ring,             connects to new peers and hands off the keys whose replicas changed. The outcome is             in the daemon's log (`nodes.conf reloaded: added node3 …` or `nodes.conf reload refused: …`).             With --config PATH the file is validated here first and nothing is sent when it is invalid.
+            """
+    )
+
+    @Argument(help: "The interface the daemon is attached to.")
+    var interface: String
+
+    @Option(name: .long, help: ArgumentHelp("Validate this config before signalling (the daemon's own --config file).", valueName: "PATH"))
+    var config: String?
+
+    func run() throws {
+        try CLI.run {
+            if let config { _ = try ClusterConfig.load(path: config) }
+            guard let status = DaemonStatus.read(interface: interface) else {
+                throw ValidationError("no cxl-bmc daemon is attached to \(interface) (no live \(DaemonStatus.path(interface: interface)))")
+            }
+            guard status.cluster != nil else {
+                throw ValidationError("the daemon on \(interface) (pid \(status.pid)) runs without --config: there is no nodes.conf to reload")
+            }
+            guard kill(status.pid, SIGHUP) == 0 else {
+                throw ValidationError("cannot signal pid \(status.pid): \(String(cString: strerror(errno)))")
+            }
+            print("sent SIGHUP to the daemon on \(interface) (pid \(status.pid)): it re-reads its nodes.conf; see its log for the outcome")
+        }
+    }
 }
 
 struct ClusterStatus: ParsableCommand {

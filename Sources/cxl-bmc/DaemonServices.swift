@@ -378,17 +378,78 @@ final class L3SyncService: Service, Sendable {
 /// `ClusterNode.start` (during the attach); the last to stop.
 final class ClusterService: Service, Sendable {
     let node: ClusterNode
+    let configPath: String
+    let reloads: ReloadSignal
 
-    init(_ node: ClusterNode) { self.node = node }
+    init(_ node: ClusterNode, configPath: String, reloads: ReloadSignal) {
+        self.node = node
+        self.configPath = configPath
+        self.reloads = reloads
+    }
 
     func run() async {
+        let node = node, path = configPath
+        let logger = Logger(label: "cxl-bmc")
+        // SIGHUP (`cxl-bmc cluster reload IFACE`): re-read nodes.conf and apply it live.
+        reloads.handle {
+            logger.notice("SIGHUP: reloading \(path)")
+            do {
+                let report = try node.reload(path: path)
+                if report.isEmpty { logger.notice("nodes.conf reload: nothing changed") }
+            } catch {
+                logger.error("nodes.conf reload refused: \(error); still running with the previous config (\(node.config.nodes.count) nodes)")
+            }
+        }
         try? await gracefulShutdown()
-        let node = node
+        reloads.handle(nil)
         // Writes still in flight to peers are waited for, then the peer port closes.
         await onThread(named: "cxl-bmc.cluster-shutdown") { node.shutdown() }
         let c = node.store.snapshot
         print("cluster: \(c.localHits) local, \(c.directHits) direct, \(c.remoteHits) remote hits; \(c.peerWrites) writes to peers, \(c.failoverWrites) failed over, \(c.peerErrors) peer errors; peer port closed")
         fflush(nil)
+    }
+}
+
+/// SIGHUP, trapped from attach's first line (its default action would kill the daemon). With a
+/// cluster config it reloads nodes.conf (``ClusterService``); one caught during the attach is
+/// applied once the cluster runs. Without `--config` it is logged and ignored. Handlers run one
+/// at a time on one queue.
+final class ReloadSignal: @unchecked Sendable {
+    private let source: DispatchSourceSignal
+    private let queue = DispatchQueue(label: "cxl-bmc.reload")
+    private let state = Mutex<(handler: (@Sendable () -> Void)?, pending: Bool)>((nil, false))
+    private let expectsCluster: Bool
+    private let logger = Logger(label: "cxl-bmc")
+
+    init(expectsCluster: Bool) {
+        self.expectsCluster = expectsCluster
+        source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
+        let registered = DispatchSemaphore(value: 0)
+        source.setRegistrationHandler { registered.signal() }
+        source.setEventHandler { [self] in caught() }
+        source.resume()
+        registered.wait()
+    }
+
+    private func caught() {
+        let handler = state.withLock { s -> (@Sendable () -> Void)? in
+            if s.handler == nil { s.pending = true }
+            return s.handler
+        }
+        if let handler { return handler() }
+        logger.notice(expectsCluster ? "SIGHUP: will reload nodes.conf once the cluster runs"
+                                     : "SIGHUP ignored: this daemon runs without --config, there is no nodes.conf to reload")
+    }
+
+    /// Runs `handler` at each SIGHUP from now on (and now, on the signal queue, for one caught
+    /// before); nil stops that.
+    func handle(_ handler: (@Sendable () -> Void)?) {
+        let pending = state.withLock { s -> Bool in
+            s.handler = handler
+            defer { s.pending = false }
+            return s.pending && handler != nil && expectsCluster
+        }
+        if pending, let handler { queue.async(execute: handler) }
     }
 }
 

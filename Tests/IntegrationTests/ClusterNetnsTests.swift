@@ -403,6 +403,90 @@ struct ClusterNetnsTests {
         }
     }
 
+    @Test("a 4th host joins 3 by live reload: the running daemons re-read nodes.conf on `cxl-bmc cluster reload` (SIGHUP), refuse a bad file and keep running, then move only the keys the new ring places on the new host; reads byte-exact everywhere, none stale")
+    func aFourthHostJoinsByLiveReload() throws {
+        try Self.withCluster(domains: ["default", "default", "default", "default"], running: 3) { cluster in
+            let written = Self.writes("lr", 360)
+            for id in 0..<3 { try cluster.set(via: id, Array(written[(id * 120)..<((id + 1) * 120)])) }
+            usleep(1_500_000)
+            let moving = written.filter { cluster.home($0.key) == 3 }
+            let pids = (0..<3).map { cluster.daemons[$0]!.pid }
+            func reload(_ id: Int) throws -> ProcessResult {
+                try runProcess(try Paths.product("cxl-bmc"), ["cluster", "reload", cluster.testbeds[id].serverIF])
+            }
+            func waitForLog(_ id: Int, _ text: String, after offset: Int) -> Bool {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while ContinuousClock.now < deadline {
+                    if cluster.logs[id].contents().dropFirst(offset).contains(text) { return true }
+                    usleep(100_000)
+                }
+                return false
+            }
+            let file = { (id: Int) in "\(cluster.directory)/node\(id).conf" }
+            let good = try (0..<3).map { try String(contentsOfFile: "\(cluster.directory)/node\($0)-all.conf", encoding: .utf8) }
+
+            // A broken file: refused with its line, the daemon keeps running on the three-node config.
+            let before0 = cluster.logs[0].contents().count
+            try (good[0] + "node3.weight=-1\n").write(toFile: file(0), atomically: true, encoding: .utf8)
+            let refused = try reload(0)
+            #expect(refused.status == 0 && refused.stdout.contains("sent SIGHUP"), "\(refused)")
+            #expect(waitForLog(0, "nodes.conf reload refused: \(file(0)):\(good[0].split(separator: "\n").count + 1):", after: before0),
+                    "\(cluster.logs[0].contents().dropFirst(before0))")
+            #expect(cluster.daemons[0]?.hasExited == false)
+            Self.expectExact(try cluster.getAll(via: 0, written.prefix(40).map(\.key)), Array(written.prefix(40)), "through node 0 after the refused reload")
+
+            // The new host starts with the four-node config; each running daemon gets it by reload.
+            try cluster.start(3, config: "all")
+            for id in 0..<3 {
+                let offset = cluster.logs[id].contents().count
+                try good[id].write(toFile: file(id), atomically: true, encoding: .utf8)
+                let sent = try reload(id)
+                #expect(sent.status == 0, "\(sent)")
+                #expect(waitForLog(id, "nodes.conf reloaded (\(file(id))): added node3 (", after: offset),
+                        "node \(id): \(cluster.logs[id].contents().dropFirst(offset))")
+            }
+            for line in cluster.logs[0].contents().split(separator: "\n") where line.contains("nodes.conf reload") { print("node 0: \(line)") }
+            #expect((0..<3).allSatisfy { cluster.daemons[$0]?.pid == pids[$0] && cluster.daemons[$0]?.hasExited == false },
+                    "no daemon restarted")
+            try cluster.waitUntilAllUp()
+            var handedOff: [[String: Int]] = []
+            let deadline = ContinuousClock.now + .seconds(30)
+            repeat {
+                usleep(500_000)
+                handedOff = try (0..<3).map { try cluster.counters($0) }
+            } while ContinuousClock.now < deadline && handedOff.contains {
+                ($0["handoff_applied"] ?? 0) + ($0["handoff_already_newer"] ?? 0) + ($0["handoff_failed"] ?? 0) < ($0["handoff_moved"] ?? 0)
+            } || handedOff.map { $0["handoff_moved"] ?? 0 }.reduce(0, +) < moving.count
+            let moved = handedOff.map { $0["handoff_moved"]! }.reduce(0, +)
+            let fraction = Double(moved) / Double(written.count)
+            print("a 4th host joins 3 by live reload: \(moved) of \(written.count) keys handed off (\(String(format: "%.3f", fraction)))")
+            #expect(moved == moving.count, "exactly the keys the new ring places on node 3: \(handedOff)")
+            #expect((0.15...0.35).contains(fraction), "≈ 1/4 of the keys move: \(fraction)")
+            #expect(handedOff.map { $0["handoff_applied"]! }.reduce(0, +) == moving.count, "\(handedOff)")
+            #expect(handedOff.allSatisfy { $0["handoff_failed"] == 0 }, "\(handedOff)")
+            for id in 0..<3 where handedOff[id]["handoff_moved"]! > 0 {
+                #expect(cluster.logs[id].contents().contains("membership hand-off: scanned"), "node \(id)'s log says what moved")
+            }
+
+            // New values of some moved keys written through host 1 under the new ring; host 3's
+            // memcached holds nothing, so every key it returns was promoted from L3: each must be
+            // the newest write, byte-exact. Host 2 never held the rewritten keys: it reads them newest too.
+            let rewritten = moving.filter { key in written[0..<240].contains { $0.key == key.key } }.prefix(20)
+                .map { (key: $0.key, flags: $0.flags &+ 1, value: Self.randomValue($0.key + "v2")) }
+            #expect(rewritten.count >= 5)
+            try cluster.set(via: 1, Array(rewritten))
+            usleep(1_000_000)
+            var newest = Dictionary(uniqueKeysWithValues: written.map { ($0.key, $0) })
+            for item in rewritten { newest[item.key] = item }
+            let expected = written.map { newest[$0.key]! }
+            Self.expectExact(try cluster.getAll(via: 3, written.map(\.key)), expected, "through the new host")
+            Self.expectExact(try cluster.getAll(via: 2, rewritten.map(\.key)), Array(rewritten), "rewritten keys through host 2")
+            usleep(1_200_000)
+            let c = try cluster.counters(3)
+            #expect(c["local_hits"]! >= moving.count, "moved keys served from node 3's own partition: \(c)")
+        }
+    }
+
     /// Until `condition` holds for the nodes `tb`'s daemon believes down.
     static func waitForDownNodes(_ tb: Testbed, timeout: Duration = .seconds(15), _ condition: ([Int]) -> Bool) throws {
         let deadline = ContinuousClock.now + timeout

@@ -361,6 +361,233 @@ struct ClusterTests {
         #expect(again.moved == reports[0].moved && again.applied == 0 && again.failed == 0, "\(again)")
     }
 
+    @Test("r = 2: after a 4th node joins, every key is on each of its two new replicas, also when the replica it displaced is down; a former replica's older copy is never read")
+    func membershipChangeFillsEveryNewReplica() throws {
+        let directory = NSTemporaryDirectory() + "l3cluster-rjoin-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(secret.utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let ports = try (0..<4).map { _ in try freePort() }
+        let path = "/dev/shm/l3cluster-rjoin-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let pool = try Pool.create(path: path, size: 4 * Self.sliceSize,
+                                   slices: (0..<4).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
+        func config(_ id: Int, nodes: Int) throws -> ClusterConfig {
+            let lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key", "replicas=2"]
+                + (0..<nodes).map { "node\($0)=127.0.0.1:\(ports[$0]):\($0 * Self.sliceSize):\(Self.sliceSize)" }
+            return try ClusterConfig.parse(lines.joined(separator: "\n") + "\n", source: "node\(id).conf", baseDirectory: directory)
+        }
+        var nodes: [ClusterNode?] = Array(repeating: nil, count: 4)
+        defer { for node in nodes { node?.shutdown() } }
+        let partitions = try (0..<4).map { id in try pool.reader(partition: pool.partitions.first { $0.ownerNode == id }!.id) }
+        func start(_ id: Int, nodes count: Int) throws {
+            nodes[id] = try ClusterNode.start(config: try config(id, nodes: count), pool: try Pool(path: path),
+                                              handOffWait: .seconds(3))
+        }
+
+        // Three nodes, r = 2; 1,500 keys, each in the partitions of both its replicas (written
+        // there directly: no peer timeout on a busy machine can move a copy elsewhere).
+        for id in 0..<3 { try start(id, nodes: 3) }
+        let keys = (0..<1500).map(Self.key)
+        var latest = keys.indices.map { 1000 + UInt64($0) }
+        let ring3 = HashRing(config: try config(0, nodes: 3)), ring4 = HashRing(config: try config(0, nodes: 4))
+        for (i, key) in keys.enumerated() {
+            for id in ring3.owners(of: key, replicas: 2) {
+                try nodes[id]!.local.put(key: key, item: Self.item("key:\(i)", version: latest[i]))
+            }
+        }
+        for id in 0..<3 { nodes[id]!.shutdown(); nodes[id] = nil }
+
+        // Node 3 joins; 0 and 2 restart with the four-node config while node 1 stays down. Keys
+        // whose new replicas are {0 or 2, 3} and whose displaced replica is node 1 can reach node 3
+        // only from the replica that stays.
+        let entering = keys.indices.filter { i in
+            let old = Set(ring3.owners(of: keys[i], replicas: 2)), new = ring4.owners(of: keys[i], replicas: 2)
+            return new.contains(3) && old.contains(1) && !new.contains(1)
+        }
+        #expect(entering.count > 50, "the ring gives the case enough keys: \(entering.count)")
+        try start(3, nodes: 4)
+        for id in [0, 2] { try start(id, nodes: 4) }
+        let reports = try [0, 2].map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        print("r = 2 join with node 1 down: \(reports)")
+        /// The keys some node of their new replica set (`among`) lacks at their newest version.
+        func missing(among running: Set<Int>) -> [String] {
+            keys.indices.flatMap { i in
+                ring4.owners(of: keys[i], replicas: 2).filter(running.contains).compactMap { id -> String? in
+                    partitions[id].get(keys[i])?.version == latest[i] ? nil : "key:\(i) on node \(id)"
+                }
+            }
+        }
+        let lacking = missing(among: [0, 2, 3])
+        #expect(lacking.count == 0, "\(lacking.count) copies missing, e.g. \(lacking.prefix(5))")
+        #expect(reports.allSatisfy { $0.checked > 0 && $0.applied > 0 }, "\(reports)")
+
+        // Node 1 comes back with the new config: now every key is on both of its replicas.
+        try start(1, nodes: 4)
+        let report1 = try #require(nodes[1]!.waitForHandOff(timeout: .seconds(60)))
+        #expect(report1.failed == 0, "\(report1)")
+        let lackingAll = missing(among: [0, 1, 2, 3])
+        #expect(lackingAll.count == 0, "\(lackingAll.count) copies missing, e.g. \(lackingAll.prefix(5))")
+
+        // A node that stopped being a key's replica keeps its copy (left to log reclaim), but a
+        // newer write goes to the new replicas, and every read — its own included — returns that.
+        let dropped = keys.indices.compactMap { i -> (Int, Int)? in
+            let new = ring4.owners(of: keys[i], replicas: 2)
+            return ring3.owners(of: keys[i], replicas: 2).first { !new.contains($0) }.map { (i, $0) }
+        }
+        #expect(dropped.count > 100, "\(dropped.count)")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, nodes.contains(where: { !$0!.store.downNodes.isEmpty }) { usleep(50_000) }
+        for (i, _) in dropped {
+            latest[i] = 90_000 + UInt64(i)
+            try nodes[3]!.store.put(key: keys[i], item: Self.item("key:\(i)", version: latest[i]))
+        }
+        #expect(nodes[3]!.store.drain())
+        for (i, former) in dropped {
+            #expect(partitions[former].get(keys[i])?.version == 1000 + UInt64(i), "key:\(i): node \(former)'s old copy is kept")
+            let read = try nodes[former]!.store.get(key: keys[i])
+            #expect(read?.version == latest[i] && read?.value == Self.item("key:\(i)", version: latest[i]).value,
+                    "key:\(i) read through its former replica node \(former)")
+        }
+        // A hand-off repeated now sends nothing: every copy is up to date.
+        nodes[0]!.shutdown()
+        try start(0, nodes: 4)
+        let again = try #require(nodes[0]!.waitForHandOff(timeout: .seconds(60)))
+        #expect(again.applied == 0 && again.failed == 0 && again.upToDate > 0, "\(again)")
+    }
+
+    @Test("live reload: three running nodes apply a four-node config (4th node in another CXL domain) — keys move ≈ 1/4 to it, reads stay byte-exact; a bad or unappliable config is refused and changes nothing")
+    func liveReloadAddsANode() throws {
+        let directory = NSTemporaryDirectory() + "l3cluster-reload-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        FileManager.default.createFile(atPath: directory + "/psk.key", contents: Data(secret.utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let ports = try (0..<4).map { _ in try freePort() }
+        let tag = "\(getpid())-\(UUID().uuidString.prefix(8))"
+        let pathA = "/dev/shm/l3cluster-reload-\(tag)-A.pool", pathB = "/dev/shm/l3cluster-reload-\(tag)-B.pool"
+        defer { for path in [pathA, pathB] { try? FileManager.default.removeItem(atPath: path) } }
+        let poolA = try Pool.create(path: pathA, size: 3 * Self.sliceSize,
+                                    slices: (0..<3).map { SliceSpec(ownerNode: $0, base: $0 * Self.sliceSize, size: Self.sliceSize) })
+        let poolB = try Pool.create(path: pathB, size: Self.sliceSize, slices: [SliceSpec(ownerNode: 3, base: 0, size: Self.sliceSize)])
+        func text(_ id: Int, nodes: Int, slice0: Int = 0, replicas: Int = 1) -> String {
+            var lines = ["local_node_id=\(id)", "num_nodes=\(nodes)", "psk_file=psk.key", "replicas=\(replicas)"]
+            for n in 0..<min(nodes, 3) { lines.append("node\(n)=127.0.0.1:\(ports[n]):\(n == 0 ? slice0 : n * Self.sliceSize):\(Self.sliceSize)") }
+            if nodes == 4 { lines += ["node3=127.0.0.1:\(ports[3]):0:\(Self.sliceSize)", "node3.domain=rackB"] }
+            return lines.joined(separator: "\n") + "\n"
+        }
+        func write(_ text: String, _ name: String) -> String {
+            _ = FileManager.default.createFile(atPath: directory + "/" + name, contents: Data(text.utf8))
+            return directory + "/" + name
+        }
+        var nodes: [ClusterNode?] = Array(repeating: nil, count: 4)
+        defer { for node in nodes { node?.shutdown() } }
+        for id in 0..<3 {
+            nodes[id] = try ClusterNode.start(config: try ClusterConfig.load(path: write(text(id, nodes: 3), "node\(id).conf")),
+                                              pool: try Pool(path: pathA), handOffWait: .seconds(5))
+        }
+        let keys = (0..<2000).map(Self.key)
+        var latest = keys.indices.map { 1000 + UInt64($0) }
+        let ring3 = nodes[0]!.store.ring
+        for (i, key) in keys.enumerated() {
+            try nodes[ring3.owner(of: key)!]!.store.put(key: key, item: Self.item("key:\(i)", version: latest[i]))
+        }
+        nodes[3] = try ClusterNode.start(config: try ClusterConfig.load(path: write(text(3, nodes: 4), "node3.conf")),
+                                         pool: try Pool(path: pathB), handOffWait: .seconds(5))
+
+        // Refused, and nothing changes: a config that does not validate, and one that moves this node's slice.
+        let bad = write(text(0, nodes: 4).replacingOccurrences(of: "num_nodes=4", with: "num_nodes=4\nreplicas=9"), "bad.conf")
+        #expect {
+            _ = try nodes[0]!.reload(path: bad)
+        } throws: { error in
+            guard case .invalid(let message) = error as? ClusterNode.ReloadError else { return false }
+            return message.hasPrefix(bad + ":") && message.contains("replicas")
+        }
+        #expect {
+            _ = try nodes[0]!.reload(config: try ClusterConfig.parse(text(0, nodes: 4, slice0: 3 * Self.sliceSize),
+                                                                     source: "moved.conf", baseDirectory: directory))
+        } throws: { error in
+            guard case .needsRestart(let what) = error as? ClusterNode.ReloadError else { return false }
+            return what.contains("slice")
+        }
+        // Removing a node is refused too (its partition would no longer be read).
+        let withoutNode2 = text(0, nodes: 3).replacingOccurrences(of: "num_nodes=3", with: "num_nodes=2")
+            .split(separator: "\n").filter { !$0.hasPrefix("node2=") }.joined(separator: "\n") + "\n"
+        #expect {
+            _ = try nodes[0]!.reload(config: try ClusterConfig.parse(withoutNode2, source: "two.conf", baseDirectory: directory))
+        } throws: { error in
+            guard case .unsupported(let what) = error as? ClusterNode.ReloadError else { return false }
+            return what.hasPrefix("removing node2 (127.0.0.1:\(ports[2]))")
+        }
+        #expect(nodes[0]!.config.nodes.count == 3 && nodes[0]!.store.ring.members.count == 3)
+        #expect(try nodes[0]!.store.get(key: keys[0])?.version == latest[0])
+
+        // The three apply the four-node config live (the files they run with, rewritten).
+        let ring4 = HashRing(config: try ClusterConfig.parse(text(0, nodes: 4), baseDirectory: directory))
+        let moving = keys.indices.filter { ring4.owner(of: keys[$0]) == 3 }
+        for id in 0..<3 {
+            let report = try nodes[id]!.reload(path: write(text(id, nodes: 4), "node\(id).conf"))
+            #expect(report.added.map(\.id) == [3] && report.removed.isEmpty && report.changed.isEmpty, "\(report)")
+            #expect("\(report)".contains("added node3 (127.0.0.1:\(ports[3]), domain rackB, weight 1)"), "\(report)")
+        }
+        let reports = try (0..<3).map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        let moved = reports.map(\.moved).reduce(0, +)
+        print("live reload 3 → 4 nodes: \(moved) of \(keys.count) keys moved; \(reports)")
+        #expect(moved == moving.count, "exactly the keys the new ring places on node 3: \(reports)")
+        #expect((0.2...0.3).contains(Double(moved) / Double(keys.count)), "\(moved)")
+        #expect(reports.map(\.applied).reduce(0, +) == moving.count && reports.allSatisfy { $0.failed == 0 }, "\(reports)")
+        // Node 3's partition (another domain: reached only over the network) holds exactly the moved keys.
+        let partition3 = try poolB.reader(partition: 0)
+        for (i, key) in keys.enumerated() {
+            let held = partition3.get(key)
+            #expect((held != nil) == moving.contains(i), "key:\(i) on node 3")
+            if let held { #expect(held.version == latest[i] && held.value == Self.item("key:\(i)", version: latest[i]).value) }
+        }
+        // Every node reads every key byte-exact (node 3 over the network, the others read node 3 so too).
+        for id in 0..<4 {
+            for i in stride(from: id, to: keys.count, by: 5) {
+                let read = try nodes[id]!.store.get(key: keys[i])
+                #expect(read?.version == latest[i] && read?.value == Self.item("key:\(i)", version: latest[i]).value,
+                        "node \(id), key:\(i)")
+            }
+        }
+        // A write under the new ring reaches node 3 through the client the reload made.
+        for i in moving.prefix(20) {
+            latest[i] = 80_000 + UInt64(i)
+            try nodes[0]!.store.put(key: keys[i], item: Self.item("key:\(i)", version: latest[i]))
+        }
+        #expect(nodes[0]!.store.drain())
+        for i in moving.prefix(20) {
+            #expect(partition3.get(keys[i])?.version == latest[i], "key:\(i)")
+            #expect(try nodes[1]!.store.get(key: keys[i])?.version == latest[i], "key:\(i) through node 1")
+        }
+        #expect(nodes[0]!.store.snapshot.failoverWrites == 0)
+        // Reloading the same file again changes nothing and hands nothing off.
+        let same = try nodes[1]!.reload(path: directory + "/node1.conf")
+        #expect(same.isEmpty, "\(same)")
+
+        // replicas=1 → 2 by reload: no node is displaced, so every second replica is filled by the
+        // check step of the key's first (the one holding it), across domains too.
+        for id in 0..<4 {
+            let report = try nodes[id]!.reload(path: write(text(id, nodes: 4, replicas: 2), "node\(id).conf"))
+            #expect(report.settings == ["replicas 1 → 2"] && report.added.isEmpty, "\(report)")
+        }
+        let second = try (0..<4).map { id in try #require(nodes[id]!.waitForHandOff(timeout: .seconds(60))) }
+        print("live reload replicas 1 → 2: \(second)")
+        #expect(second.allSatisfy { $0.failed == 0 }, "\(second)")
+        let readers = try (0..<3).map { id in try poolA.reader(partition: poolA.partitions.first { $0.ownerNode == id }!.id) } + [partition3]
+        var lacking: [String] = []
+        for (i, key) in keys.enumerated() {
+            for id in ring4.owners(of: key, replicas: 2) where readers[id].get(key)?.version != latest[i] {
+                lacking.append("key:\(i) on node \(id)")
+            }
+        }
+        #expect(lacking.count == 0, "\(lacking.count) replicas lack their key, e.g. \(lacking.prefix(5))")
+    }
+
     @Test("a partition's index lists every key it holds once — live, deleted and expired — and nothing else")
     func indexedKeys() throws {
         let path = "/dev/shm/l3cluster-keys-\(getpid())-\(UUID().uuidString.prefix(8)).pool"
