@@ -70,7 +70,15 @@ def table(l1, l3, up):
             hits = f"vanilla ÷ cxl-bmc; L1 hit ratio {r['hit_ratio']:.3f}"
             if r["hit_ratio"] < 0.5:
                 hits += " (not answered in the kernel on veth)"
-            if pv is not None:
+            bound = r.get("proc_share_cxl_bound_us")
+            if pv is not None and bound is not None:
+                rows.append((f"a. server's CPU per UDP GET, {size} B values: client + memcached + daemon + ksoftirqd, "
+                             f"minus the bare-XDP {r['share_floor']} floor; for cxl-bmc at least its XDP program's "
+                             f"time beyond the floor's ({r['xdp_extra_us']:.2f} µs, bpf_stats)",
+                             fmt(pv, ".2f", " µs"), fmt(bound, ".2f", " µs"), less(pv, bound), hits))
+                rows.append((f"a. the same with cxl-bmc's share as measured (difference of two close figures)",
+                             fmt(pv, ".2f", " µs"), fmt(pc, ".2f", " µs"), less(pv, pc).replace("**", ""), "vanilla ÷ cxl-bmc; context"))
+            elif pv is not None:
                 rows.append((f"a. server's CPU per UDP GET, {size} B values: client + memcached + daemon + ksoftirqd, "
                              f"minus the bare-XDP {r['share_floor']} floor", fmt(pv, ".2f", " µs"), fmt(pc, ".2f", " µs"),
                              less(pv, pc), hits))
@@ -160,7 +168,8 @@ def plot(l1, l3, up):
     panels = []
     if l1:
         r = l1["sizes"].get("64") or next(iter(l1["sizes"].values()))
-        v, c = r.get("proc_share_vanilla_us", r["share_vanilla_us"]), r.get("proc_share_cxl_us", r["share_cxl_us"])
+        v = r.get("proc_share_vanilla_us", r["share_vanilla_us"])
+        c = r.get("proc_share_cxl_bound_us", r.get("proc_share_cxl_us", r["share_cxl_us"]))
         label = f"{c / v:.2f} ({v / c:.1f}× less)" if c > 0.05 else "≈ floor (noise)"
         panels.append(("a. server CPU per GET\n(64 B, vanilla = 1)",
                        [("vanilla", 1.0, "1"), ("cxl-bmc", max(0.0, c / v), label)], 1.2,
