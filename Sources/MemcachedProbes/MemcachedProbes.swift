@@ -70,11 +70,17 @@ public final class MemcachedProbes {
         ("mc_lookup_end", "item_get_locked", true),
     ]
 
+    /// The program that does nothing (benchmarks: what the probes cost by themselves).
+    public static let emptyProgram = "mc_empty"
+
     /// Resolves, loads and attaches. With `l1PinDirectory` the probes share
-    /// L1's pinned maps (it must be attached there).
+    /// L1's pinned maps (it must be attached there). `everySiteRuns` attaches
+    /// that program of the object at every site instead of the real ones
+    /// (benchmarks: ``emptyProgram``).
     public init(
         targets: MemcachedTargets, scope: Scope, l1PinDirectory: String? = nil,
-        ringBytes: UInt32 = MemcachedProbes.defaultRingBytes, logger: Logger = Logger(label: "cxl-bmc.probes")
+        ringBytes: UInt32 = MemcachedProbes.defaultRingBytes, everySiteRuns: String? = nil,
+        logger: Logger = Logger(label: "cxl-bmc.probes")
     ) throws {
         if case .process(let pid) = scope {
             try Self.checkProcess(pid: pid, runs: targets.binary)
@@ -123,18 +129,22 @@ public final class MemcachedProbes {
         if case .process(let p) = scope { pid = p } else { pid = -1 }
         do {
             for step in Self.plan {
+                // The link probe reads the command from its register: no probe on the entry.
+                if step.program == "mc_store_begin" && targets.storeCommandRegister != nil { continue }
                 guard let target = targets.functions[step.function] else { continue }
                 links.append(try object.attachUprobe(
-                    program: step.program, binary: targets.binary, fileOffset: target.fileOffset, pid: pid,
+                    program: everySiteRuns ?? step.program, binary: targets.binary, fileOffset: target.fileOffset, pid: pid,
                     returnProbe: step.returnProbe, cookie: target.address << 8))
             }
             let sites = [("mc_store_link", targets.storeSites), ("mc_delete_call", targets.deleteSites),
                          ("mc_evict_call", targets.evictSites), ("mc_flush", targets.flushSites)]
             for (program, list) in sites {
+                // mc_store_link: the command's register in bits 4-7 (0: from the entry probe).
+                let command = program == "mc_store_link" ? UInt64(targets.storeCommandRegister ?? 0) << 4 : 0
                 for site in list {
                     links.append(try object.attachUprobe(
-                        program: program, binary: targets.binary, fileOffset: site.fileOffset, pid: pid,
-                        cookie: site.address << 8 | UInt64(site.register)))
+                        program: everySiteRuns ?? program, binary: targets.binary, fileOffset: site.fileOffset, pid: pid,
+                        cookie: site.address << 8 | command | UInt64(site.register)))
                 }
             }
         } catch {

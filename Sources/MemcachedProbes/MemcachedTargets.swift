@@ -22,6 +22,12 @@ public struct MemcachedTargets: Sendable {
     /// (`it = item_get(…); if (it) item_unlink(it);`): a NULL there is a delete of a key memcached
     /// does not hold, not a GET miss, so L3 must forget the key rather than promote it.
     public let failedStoreLookups: [Site]
+    /// The register do_store_item keeps its `comm` argument in, from its prologue to every link
+    /// call, when its code is a build known to do so (``knownStoreBodies``): the store probe reads
+    /// the command there and do_store_item's entry carries no probe (one trap per SET, not two).
+    /// nil: the entry probe passes the command to the link probe (benchmarks set it to nil to
+    /// measure that path).
+    public var storeCommandRegister: UInt8?
     public let currentTime: UInt64
     public let processStarted: UInt64
     public let settings: UInt64
@@ -37,6 +43,32 @@ public struct MemcachedTargets: Sendable {
         public let function: String
         /// What it calls (nil for a flush store).
         public let callee: String?
+    }
+
+    /// do_store_item bodies known to keep `comm` (its second argument) in one callee-saved register
+    /// from the prologue's `mov %esi, REG` to every call linking the item: (size, FNV-1a 64 of its
+    /// bytes, register). Only the exact bytes count (they include the calls' displacements): the
+    /// register of another build is never guessed, that build keeps the entry probe.
+    /// Debian's 1.6.18-1+deb12u1 (and its rebuild with symbols, the same code at the same
+    /// addresses): `mov %esi,%r13d` at +0x16, r13 otherwise only compared, pushed and popped
+    /// (UprobeEventTests checks that against objdump).
+    public static let knownStoreBodies: [(size: UInt64, fnv1a: UInt64, register: UInt8)] = [
+        (1601, 0x71ce_49d0_e82a_9716, 13),
+    ]
+
+    /// FNV-1a 64 of a byte string.
+    static func fnv1a64(_ bytes: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        return h
+    }
+
+    /// ``knownStoreBodies``' register for this do_store_item, if its bytes are one of them.
+    static func storeCommandRegister(in image: ELFImage, doStoreItem: ProbeTarget) throws -> UInt8? {
+        guard let size = doStoreItem.size,
+              let known = knownStoreBodies.first(where: { $0.size == size }) else { return nil }
+        let bytes = try image.bytes(atFileOffset: doStoreItem.fileOffset, count: Int(size))
+        return fnv1a64(bytes) == known.fnv1a ? known.register : nil
     }
 
     /// Functions whose entry (and return) carry a probe.
@@ -112,6 +144,9 @@ public struct MemcachedTargets: Sendable {
                 binary: binary, what: "the calls linking a stored item (do_item_link, item_replace) in do_store_item",
                 searched: ["do_store_item"])
         }
+        let storeCommandRegister = try functions["do_store_item"].flatMap {
+            try Self.storeCommandRegister(in: image, doStoreItem: $0)
+        }
         let deleteHostTargets = try sized(optional(deleteHosts), "delete")
         let deleteSites = try findCallSites(in: image, hosts: deleteHostTargets, callees: callees(deleteCallees))
         guard !deleteSites.isEmpty else {
@@ -139,6 +174,7 @@ public struct MemcachedTargets: Sendable {
             binary: binary, buildID: try image.buildID(), functions: functions, flushSites: flushSites,
             storeSites: storeSites, deleteSites: deleteSites, evictSites: evictSites,
             failedStoreLookups: Array(failedStoreLookups.prefix(Int(MC_FAILED_STORE_LOOKUPS))),
+            storeCommandRegister: storeCommandRegister,
             currentTime: currentTime.address, processStarted: processStarted.address, settings: settings.address)
     }
 

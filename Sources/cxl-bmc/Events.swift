@@ -34,7 +34,10 @@ struct MemcachedTargetOptions: ParsableArguments {
     }
 
     /// Resolves the targets in the binary and attaches the probes.
-    func attach(l1PinDirectory: String?, ringBytes: UInt32 = MemcachedProbes.defaultRingBytes) throws -> MemcachedProbes {
+    func attach(
+        l1PinDirectory: String?, ringBytes: UInt32 = MemcachedProbes.defaultRingBytes, everySiteRuns: String? = nil,
+        storeEntryProbe: Bool = false
+    ) throws -> MemcachedProbes {
         let path: String
         let scope: MemcachedProbes.Scope
         if let pid {
@@ -49,8 +52,10 @@ struct MemcachedTargetOptions: ParsableArguments {
         } else {
             throw ValidationError("give --memcached PATH or --pid PID")
         }
-        let targets = try MemcachedTargets.resolve(binary: path, debugRoot: debugRoot)
-        return try MemcachedProbes(targets: targets, scope: scope, l1PinDirectory: l1PinDirectory, ringBytes: ringBytes)
+        var targets = try MemcachedTargets.resolve(binary: path, debugRoot: debugRoot)
+        if storeEntryProbe { targets.storeCommandRegister = nil }
+        return try MemcachedProbes(targets: targets, scope: scope, l1PinDirectory: l1PinDirectory, ringBytes: ringBytes,
+                                   everySiteRuns: everySiteRuns)
     }
 }
 
@@ -95,6 +100,15 @@ struct Events: ParsableCommand {
     @Option(name: .customLong("ring-size"), help: ArgumentHelp("Ring buffer bytes (a power of two, at least 4096).", valueName: "BYTES"))
     var ringSize: UInt32 = MemcachedProbes.defaultRingBytes
 
+    @Flag(name: .customLong("bench-empty"), help: .hidden)
+    var benchEmpty = false  // bench_uprobes.py: empty programs at every site (the probes' own cost)
+
+    @Flag(name: .customLong("bench-entry-probe"), help: .hidden)
+    var benchEntryProbe = false  // bench_uprobes.py: do_store_item's entry probed too (two traps per SET)
+
+    @Flag(name: .customLong("bench-no-drain"), help: .hidden)
+    var benchNoDrain = false  // bench_uprobes.py: the real programs, nobody reading the ring
+
     @OptionGroup var pins: PinOptions
 
     func validate() throws {
@@ -123,7 +137,9 @@ struct Events: ParsableCommand {
             signal(SIGPIPE, SIG_IGN)
             for s in [SIGINT, SIGTERM] { signal(s, { _ in eventsStopRequested = 1 }) }
             let l1Dir = l1.map { BPFFS.pinDirectory(for: $0, root: pins.pinRoot) }
-            let probes = try memcached.attach(l1PinDirectory: l1Dir, ringBytes: ringSize)
+            let probes = try memcached.attach(
+                l1PinDirectory: l1Dir, ringBytes: ringSize, everySiteRuns: benchEmpty ? MemcachedProbes.emptyProgram : nil,
+                storeEntryProbe: benchEntryProbe)
             let reader = try probes.eventReader()
             let fetcher = try fetch.flatMap(Self.hostPort).map { try MemcachedValueFetcher(host: $0.0, port: $0.1) }
             CLI.printError("tracing \(probes.targets.binary) (build-id \(probes.targets.buildID ?? "none")), \(probes.probeCount) probes; Ctrl-C to stop")
@@ -134,6 +150,10 @@ struct Events: ParsableCommand {
             while eventsStopRequested == 0 {
                 if let count, seen >= count { break }
                 if let deadline, Date() >= deadline { break }
+                if benchNoDrain {
+                    usleep(20_000)
+                    continue
+                }
                 try reader.poll(timeoutMs: 20) { event in
                     if let count, seen >= count { return }
                     seen += 1

@@ -106,6 +106,8 @@ struct UprobeEventTests {
         #expect(targets.flushSites.map(\.address) == [0x23ab6, 0x24427, 0x2713c, 0x280f0],
                 "two text and two binary flush stores")
         #expect(targets.flushSites.allSatisfy { $0.register == 0 }, "mov %eax, oldest_live")
+        // Known code: the link probe reads the command from r13, do_store_item's entry has no probe.
+        #expect(targets.storeCommandRegister == 13)
 
         try LoopbackMemcached.with(binary: binary) { server in
             let probed = try ProbedMemcached(server: server, binary: binary)
@@ -359,6 +361,80 @@ struct UprobeEventTests {
             let read = try probed.collect(timeout: .seconds(1)) { _ in false }.filter { $0.kind == .store }
             #expect(UInt64(read.count) == stats.emitted(.store))
             #expect(stats.emitted(.store) + stats.lost == UInt64(n))
+        }
+    }
+
+    @Test("do_store_item keeps comm in r13 from its prologue to every link call (objdump)")
+    func storeCommandRegisterHolds() throws {
+        let targets = try MemcachedTargets.resolve(binary: LoopbackMemcached.binary)
+        let f = try #require(targets.functions["do_store_item"])
+        let size = try #require(f.size)
+        let result = try runProcess("/usr/bin/objdump", [
+            "-d", "--no-show-raw-insn", "-w", "--start-address=0x\(String(f.address, radix: 16))",
+            "--stop-address=0x\(String(f.address + size, radix: 16))", LoopbackMemcached.binary,
+        ])
+        try #require(result.status == 0, "objdump: \(result)")
+        let instructions = result.stdout.split(separator: "\n").compactMap { line -> (UInt64, String)? in
+            let parts = line.split(separator: "\t", omittingEmptySubsequences: false)
+            guard parts.count >= 2, let address = UInt64(parts[0].trimmingCharacters(in: .whitespaces).dropLast(), radix: 16)
+            else { return nil }
+            return (address, parts[1...].joined(separator: " ").split(whereSeparator: \.isWhitespace).joined(separator: " "))
+        }
+        #expect(instructions.count > 300)
+        // What writes r13 (AT&T: the destination is the last operand; push, cmp and test only
+        // read it): the prologue's copy of comm (%esi) and the epilogues' pops, nothing else. The
+        // calls in between preserve it (callee-saved).
+        let writes = instructions.filter { _, text in
+            let fields = text.split(separator: " ", maxSplits: 1).map(String.init)
+            let mnemonic = fields[0], operands = fields.count > 1 ? fields[1] : ""
+            guard !["push", "cmp", "cmpl", "test", "testl"].contains(mnemonic) else { return false }
+            let destination = operands.split(separator: ",").last.map(String.init) ?? ""
+            return destination.hasPrefix("%r13") || mnemonic.hasPrefix("xchg") && operands.contains("%r13")
+        }
+        let first = try #require(writes.first)
+        #expect(first.1 == "mov %esi,%r13d", "\(writes)")
+        #expect(writes.dropFirst().allSatisfy { $0.1 == "pop %r13" }, "\(writes)")
+        // The copy happens before the first call, and every link call comes after it.
+        let firstCall = try #require(instructions.first { $0.1.hasPrefix("call") })
+        #expect(first.0 < firstCall.0)
+        #expect(targets.storeSites.allSatisfy { $0.address > first.0 })
+    }
+
+    @Test("an unknown do_store_item keeps the entry probe, and commands are still right")
+    func storeCommandFallback() throws {
+        // Debian's binary with one byte of do_store_item's never-executed padding changed (the
+        // nopw after a jmp at 0xe61a: 66 0f 1f 44 00 00 -> displacement 1): its prologues and
+        // build-id still match the shipped table, but its bytes are no longer the known body.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cxl-bmc-fallback-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let binary = dir.appendingPathComponent("memcached").path
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: LoopbackMemcached.binary)))
+        try #require(Array(bytes[0xe61a..<0xe620]) == [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00])
+        bytes[0xe61f] = 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: binary))
+        try #require(chmod(binary, 0o755) == 0)
+
+        let known = try MemcachedTargets.resolve(binary: LoopbackMemcached.binary)
+        let targets = try MemcachedTargets.resolve(binary: binary)
+        #expect(targets.functions["do_store_item"]?.source == .offsetTable("memcached-1.6.18-deb12u1.offsets"))
+        #expect(targets.storeCommandRegister == nil)
+        #expect(targets.storeSites == known.storeSites)
+
+        let fastCount = try LoopbackMemcached.with { server in
+            try MemcachedProbes(targets: known, scope: .process(pid: server.pid)).probeCount
+        }
+        try LoopbackMemcached.with(binary: binary) { server in
+            let probed = try ProbedMemcached(server: server, binary: binary)
+            #expect(probed.probes.probeCount == fastCount + 1, "do_store_item's entry probe is back")
+            let c = try server.tcp()
+            #expect(try c.request(.store(.add, key: "k", value: Array("a".utf8), flags: 3)) == .stored)
+            #expect(try probed.next(.store, "k").storeCommand == .add)
+            #expect(try c.set("k", Array("b".utf8)) == .stored)
+            #expect(try probed.next(.store, "k").storeCommand == .set)
+            #expect(try c.request(.store(.append, key: "k", value: Array("c".utf8))) == .stored)
+            let append = try probed.next(.store, "k")
+            #expect(append.storeCommand == .append && append.value == Array("bc".utf8))
         }
     }
 
