@@ -34,6 +34,10 @@ struct Options {
     var noHugetlbReason: String?
     /// Print the pool size this run needs (bytes) and exit: for reserving huge pages.
     var printPoolSize = false
+    /// Only the pointer chase, on each directory in turn (A/B of the page sizes).
+    var chaseOnly = false
+    /// Rounds of --put-only / --chase-only, alternating the directories.
+    var rounds = 1
 
     init(_ args: [String]) {
         var i = 1
@@ -55,6 +59,8 @@ struct Options {
             case "--hugetlb-dir": hugetlbDir = next()
             case "--no-hugetlb": noHugetlbReason = next()
             case "--print-pool-size": printPoolSize = true
+            case "--chase-only": chaseOnly = true
+            case "--rounds": rounds = Int(next()) ?? rounds
             default: fatal("unknown argument \(args[i])")
             }
             i += 1
@@ -198,20 +204,44 @@ let indexes = sampleIndexes(count: options.samples, items: n)
 var timerSamples = (0..<100_000).map { _ -> UInt64 in let a = nanos(); let b = nanos(); return b - a }
 let timer = percentiles(&timerSamples)
 
+/// The directories to compare: /dev/shm, then the hugetlbfs when given.
+let dirs = [options.dir] + (options.hugetlbDir.map { [$0] } ?? [])
+
 if options.putOnly {
-    do {
-        let pool = try Pool.create(path: path, size: poolSize, bytesPerSlot: options.bytesPerSlot)
-        let writer = try pool.writer(partition: 0)
-        let t0 = nanos()
-        for i in 0..<n { _ = try writer.put(keys[i], value) }
-        let seconds = Double(nanos() - t0) / 1e9
-        unlink(path)
-        print("put rate, one core: \(format2(Double(n) / seconds / 1e6)) M/s (load \(loadAverage()))")
-        exit(0)
-    } catch {
-        unlink(path)
-        fatal("\(error)")
+    // A/B of the put path: one fresh pool per directory per round, alternating.
+    for round in 0..<options.rounds {
+        for dir in dirs {
+            let p = "\(dir)/cxl-tier-bench-\(getpid())"
+            do {
+                let pool = try Pool.create(path: p, size: poolSize, bytesPerSlot: options.bytesPerSlot)
+                let writer = try pool.writer(partition: 0)
+                let t0 = nanos()
+                for i in 0..<n { _ = try writer.put(keys[i], value) }
+                let seconds = Double(nanos() - t0) / 1e9
+                writer.close()
+                unlink(p)
+                print("round \(round) \(dir): put rate, one core: \(format2(Double(n) / seconds / 1e6)) M/s (load \(loadAverage()))")
+            } catch {
+                unlink(p)
+                fatal("\(error)")
+            }
+        }
     }
+    exit(0)
+}
+
+if options.chaseOnly {
+    for round in 0..<options.rounds {
+        for dir in dirs {
+            do {
+                let c = try pointerChase(dir: dir)
+                print("round \(round) \(dir): one dependent random load over \(c.mib) MiB: \(ns(c.nanos)) (load \(loadAverage()))")
+            } catch {
+                fatal("\(dir): \(error)")
+            }
+        }
+    }
+    exit(0)
 }
 
 // Dictionary baseline: put rate, get latency, bytes per entry beyond key+value.

@@ -107,6 +107,22 @@ struct HugePageTests {
         w2.close()
     }
 
+    @Test("cxl-bmc pool create on hugetlbfs rounds the size up and says so; inspect and check read the pool")
+    func cliOnHugetlbfs() throws {
+        let mount = try HugeTLBMount(pages: 4)
+        let path = mount.dir + "/pool"
+        defer { unlink(path) }
+        let cli = try Products.path("cxl-bmc")
+        let create = try Child(cli, ["pool", "create", path, "--size", "3M"])
+        #expect(try create.wait() == 0, "\(create.stderrText)")
+        #expect(create.stdoutText.contains("created \(path): 4194304 bytes (rounded up to the huge page size of its hugetlbfs)"), "\(create.stdoutText)")
+        let inspect = try Child(cli, ["pool", "inspect", path])
+        #expect(try inspect.wait() == 0, "\(inspect.stderrText)")
+        #expect(inspect.stdoutText.contains("\(path): 4194304 bytes"), "\(inspect.stdoutText)")
+        let check = try Child(cli, ["pool", "check", path])
+        #expect(try check.wait() == 0, "\(check.stdoutText) \(check.stderrText)")
+    }
+
     @Test("hugetlbfs without enough free huge pages: the create fails with ENOMEM and leaves no file")
     func notEnoughPages() throws {
         let mount = try HugeTLBMount(pages: 2)
