@@ -113,6 +113,14 @@ public final class PartitionReader: @unchecked Sendable {
         return GlobalPointer(partition: memory.geometry.id, offset: UInt64(memory.geometry.logOffset + memory.phys(pos)))
     }
 
+    /// The log position (monotonic, see Log and records) of `key`'s current record, or nil on a
+    /// miss. The writer's recovery reports the window [head, tail) in the same positions: the
+    /// kill -9 tests tell a record the CLOCK hand passed (position < head) from one it must find.
+    public func position(_ key: [UInt8]) -> Int? {
+        guard case let .hit(_, pos) = key.withUnsafeBytes({ lookup($0) }) else { return nil }
+        return pos
+    }
+
     /// The partition's statistics as its writer last stored them (range-checked by nobody: informational).
     public func stats() -> PartitionStats { memory.stats() }
 

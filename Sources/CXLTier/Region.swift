@@ -1,3 +1,4 @@
+import CCXLTierShim
 import CDaxctl
 import CNuma
 
@@ -27,35 +28,75 @@ private func mapShared(fd: Int32, size: Int, what: String) throws -> UnsafeMutab
     return p
 }
 
+/// What file system holds a pool file: its magic and block size (statfs). On hugetlbfs the
+/// block size is the huge page size every mapping and file size must be a multiple of.
+struct PoolFileSystem {
+    static let hugetlbfsMagic = 0x9584_58f6
+
+    var isHugetlbfs: Bool
+    /// The page size the file's memory comes in: the huge page on hugetlbfs, else the base page.
+    var pageSize: Int
+
+    init(fd: Int32, path: String) throws {
+        var type: Int64 = 0, blockSize: Int64 = 0
+        guard cxltier_fs_info(fd, &type, &blockSize) == 0 else { throw CXLTierError.errno("statfs", path) }
+        isHugetlbfs = type == Int64(Self.hugetlbfsMagic)
+        pageSize = isHugetlbfs ? Int(blockSize) : Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
+
 /// The emulated pool: a file in /dev/shm (tmpfs) or on hugetlbfs, mapped `MAP_SHARED` by any
 /// number of processes. MAP_SYNC is refused on tmpfs, so it is plain MAP_SHARED.
+///
+/// On hugetlbfs (`/dev/hugepages`, or any `mount -t hugetlbfs`) the pool sits on 2 MiB (or
+/// 1 GiB) pages: one TLB entry covers 512 times the memory of a 4 KiB page, so the random
+/// loads of a get over a large pool miss the TLB far less often. hugetlbfs accepts only sizes
+/// that are multiples of its page, so a pool created there is rounded **up** to one (`size`
+/// is the rounded size; the pool header records it), and the kernel aligns the mapping to the
+/// huge page. The pages must be reserved beforehand (`/proc/sys/vm/nr_hugepages`); without
+/// enough of them the mapping fails with ENOMEM (reported as such, the file removed).
+///
+/// On tmpfs the mapping is advised `MADV_HUGEPAGE`: the kernel backs it with transparent huge
+/// pages when `/sys/kernel/mm/transparent_hugepage/shmem_enabled` is `advise` (or `always`,
+/// `within_size`), and ignores the advice when it is `never`. Nothing here changes that setting.
 public final class ShmRegion: Region, @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let size: Int
     public let path: String
-    public var description: String { "shm \(path)" }
+    /// Whether the file is on hugetlbfs.
+    public let isHugetlbfs: Bool
+    /// The page size backing the file: the huge page size on hugetlbfs, else 4096.
+    public let pageSize: Int
+    public var description: String { isHugetlbfs ? "hugetlbfs (\(pageSize >> 10) KiB pages) \(path)" : "shm \(path)" }
     public var isShared: Bool { true }
 
-    /// Creates the file (mode 0600; it must not exist) with `size` bytes, zero-filled, and maps it.
+    /// The size a pool of `size` bytes gets in a file system with pages of `pageSize`.
+    public static func roundedSize(_ size: Int, pageSize: Int) -> Int {
+        (size + pageSize - 1) / pageSize * pageSize
+    }
+
+    /// Creates the file (mode 0600; it must not exist) with `size` bytes — rounded up to a
+    /// multiple of the huge page on hugetlbfs — zero-filled, and maps it.
     public init(creating path: String, size: Int) throws {
         guard size > 0 else { throw CXLTierError.geometry("size must be positive") }
         let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CXLTierError.errno("create", path) }
         defer { close(fd) }
-        // hugetlbfs rejects ftruncate to a size that is not a multiple of the huge page; report it.
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let error = CXLTierError.errno("ftruncate", path)
-            unlink(path)
-            throw error
-        }
+        let mapped: Int
         do {
-            self.base = try mapShared(fd: fd, size: size, what: path)
+            let fs = try PoolFileSystem(fd: fd, path: path)
+            mapped = fs.isHugetlbfs ? Self.roundedSize(size, pageSize: fs.pageSize) : size
+            guard ftruncate(fd, off_t(mapped)) == 0 else { throw CXLTierError.errno("ftruncate", path) }
+            self.base = try mapShared(fd: fd, size: mapped, what: path)
+            self.isHugetlbfs = fs.isHugetlbfs
+            self.pageSize = fs.pageSize
         } catch {
             unlink(path)
             throw error
         }
-        self.size = size
+        self.size = mapped
         self.path = path
+        adviseHugePages()
     }
 
     /// Maps an existing pool file, all of it.
@@ -66,9 +107,18 @@ public final class ShmRegion: Region, @unchecked Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw CXLTierError.errno("stat", path) }
         guard st.st_size > 0 else { throw CXLTierError.geometry("\(path) is empty") }
+        let fs = try PoolFileSystem(fd: fd, path: path)
         self.size = Int(st.st_size)
         self.base = try mapShared(fd: fd, size: size, what: path)
         self.path = path
+        self.isHugetlbfs = fs.isHugetlbfs
+        self.pageSize = fs.pageSize
+        adviseHugePages()
+    }
+
+    /// MADV_HUGEPAGE on tmpfs (a hint the kernel may refuse; hugetlbfs needs none).
+    private func adviseHugePages() {
+        if !isHugetlbfs { _ = madvise(base, size, 14 /* MADV_HUGEPAGE */) }
     }
 
     deinit { munmap(base, size) }

@@ -93,10 +93,14 @@ public final class PartitionWriter: @unchecked Sendable {
         }
     }
 
-    /// The owner's read: the same validated path as any reader; counts expired items found.
+    /// The owner's read: the same validated path as any reader, and like any reader's hit it
+    /// sets the record's CLOCK reference bit (the daemon's own L3 gets count towards recency);
+    /// counts expired items found.
     public func get(_ key: [UInt8]) -> TierItem? {
         switch key.withUnsafeBytes({ reader.lookup($0) }) {
-        case let .hit(item, _): return item
+        case let .hit(item, pos):
+            reader.referenced(pos)
+            return item
         case .expired:
             lock.withLock { _ in bump(H.statExpired, 1) }
             return nil

@@ -82,7 +82,7 @@ struct PoolCommand: ParsableCommand {
                     try L3IndexSize.bytesPerSlot(buckets: $0, partitionSizes: L3IndexSize.partitionSizes(poolSize: bytes, slices: slices))
                 } ?? bytesPerSlot ?? PoolFormat.defaultBytesPerSlot
                 let pool = try CXLTier.Pool.create(path: path, size: bytes, slices: slices, bytesPerSlot: slotBytes)
-                print("created \(path): \(bytes) bytes, \(pool.partitions.count) partition(s)")
+                print("created \(path): \(pool.region.size) bytes\(pool.region.size != bytes ? " (rounded up to the huge page size of its hugetlbfs)" : ""), \(pool.partitions.count) partition(s)")
                 for g in pool.partitions { print("  " + Inspect.describe(g)) }
             }
         }

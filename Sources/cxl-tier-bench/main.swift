@@ -10,6 +10,11 @@ import Glibc
 // same run. Prints a Markdown table.
 //
 //   cxl-tier-bench [--items N] [--value-size B] [--samples S] [--bytes-per-slot B] [--dir DIR]
+//                  [--hugetlb-dir DIR | --no-hugetlb REASON]
+//   cxl-tier-bench --items N --print-pool-size          (bytes one pool of the run takes)
+// With --hugetlb-dir every CXLTier measurement runs twice, on /dev/shm (4 KiB pages) and on the
+// hugetlbfs (2 MiB pages), pool after pool; kernel-scripts/bench-tier-hugepages.sh reserves the
+// pages and mounts it (`make bench-tier`).
 //   cxl-tier-bench --reader POOL --items N --samples S     (the second process; prints one line)
 
 struct Options {
@@ -23,6 +28,16 @@ struct Options {
     var keyInTimer = false
     /// Only fill a pool and print the put rate (for A/B runs of the put path).
     var putOnly = false
+    /// A hugetlbfs directory: the CXLTier measurements run there too (2 MiB pages), beside /dev/shm.
+    var hugetlbDir: String?
+    /// Why 2 MiB pages were not measured (the wrapper script could not reserve them).
+    var noHugetlbReason: String?
+    /// Print the pool size this run needs (bytes) and exit: for reserving huge pages.
+    var printPoolSize = false
+    /// Only the pointer chase, on each directory in turn (A/B of the page sizes).
+    var chaseOnly = false
+    /// Rounds of --put-only / --chase-only, alternating the directories.
+    var rounds = 1
 
     init(_ args: [String]) {
         var i = 1
@@ -41,6 +56,11 @@ struct Options {
             case "--reader": readerPool = next()
             case "--key-in-timer": keyInTimer = true
             case "--put-only": putOnly = true
+            case "--hugetlb-dir": hugetlbDir = next()
+            case "--no-hugetlb": noHugetlbReason = next()
+            case "--print-pool-size": printPoolSize = true
+            case "--chase-only": chaseOnly = true
+            case "--rounds": rounds = Int(next()) ?? rounds
             default: fatal("unknown argument \(args[i])")
             }
             i += 1
@@ -136,6 +156,14 @@ func rssBytes() -> Int {
 }
 
 let options = Options(CommandLine.arguments)
+let n = options.items
+let recordSize = (16 + 14 + options.valueSize + 63) / 64 * 64
+let logBytes = n * recordSize + n * recordSize / 50 + (1 << 20)
+let poolSize = logBytes + logBytes / options.bytesPerSlot / 8 * 64 + (8 << 20)
+if options.printPoolSize {
+    print(poolSize)
+    exit(0)
+}
 /// Every key, for the puts (and for `--key-in-timer`).
 let keyTable = (0..<options.items).map(key)
 
@@ -165,12 +193,8 @@ if let path = options.readerPool {
     }
 }
 
-let n = options.items
-let recordSize = (16 + 14 + options.valueSize + 63) / 64 * 64
-let logBytes = n * recordSize + n * recordSize / 50 + (1 << 20)
-let poolSize = logBytes + logBytes / options.bytesPerSlot / 8 * 64 + (8 << 20)
 let path = "\(options.dir)/cxl-tier-bench-\(getpid())"
-printErr("cxl-tier-bench: \(n) items, \(options.valueSize) B values, pool \(poolSize >> 20) MiB at \(path), crc32c \(CRC32C.isHardware ? "SSE4.2" : "software")\n")
+printErr("cxl-tier-bench: \(n) items, \(options.valueSize) B values, pool \(poolSize >> 20) MiB at \(path)\(options.hugetlbDir.map { " and in \($0)" } ?? ""), crc32c \(CRC32C.isHardware ? "SSE4.2" : "software")\n")
 
 let keys = keyTable
 let value = [UInt8](repeating: 0x5A, count: options.valueSize)
@@ -180,20 +204,44 @@ let indexes = sampleIndexes(count: options.samples, items: n)
 var timerSamples = (0..<100_000).map { _ -> UInt64 in let a = nanos(); let b = nanos(); return b - a }
 let timer = percentiles(&timerSamples)
 
+/// The directories to compare: /dev/shm, then the hugetlbfs when given.
+let dirs = [options.dir] + (options.hugetlbDir.map { [$0] } ?? [])
+
 if options.putOnly {
-    do {
-        let pool = try Pool.create(path: path, size: poolSize, bytesPerSlot: options.bytesPerSlot)
-        let writer = try pool.writer(partition: 0)
-        let t0 = nanos()
-        for i in 0..<n { _ = try writer.put(keys[i], value) }
-        let seconds = Double(nanos() - t0) / 1e9
-        unlink(path)
-        print("put rate, one core: \(format2(Double(n) / seconds / 1e6)) M/s (load \(loadAverage()))")
-        exit(0)
-    } catch {
-        unlink(path)
-        fatal("\(error)")
+    // A/B of the put path: one fresh pool per directory per round, alternating.
+    for round in 0..<options.rounds {
+        for dir in dirs {
+            let p = "\(dir)/cxl-tier-bench-\(getpid())"
+            do {
+                let pool = try Pool.create(path: p, size: poolSize, bytesPerSlot: options.bytesPerSlot)
+                let writer = try pool.writer(partition: 0)
+                let t0 = nanos()
+                for i in 0..<n { _ = try writer.put(keys[i], value) }
+                let seconds = Double(nanos() - t0) / 1e9
+                writer.close()
+                unlink(p)
+                print("round \(round) \(dir): put rate, one core: \(format2(Double(n) / seconds / 1e6)) M/s (load \(loadAverage()))")
+            } catch {
+                unlink(p)
+                fatal("\(error)")
+            }
+        }
     }
+    exit(0)
+}
+
+if options.chaseOnly {
+    for round in 0..<options.rounds {
+        for dir in dirs {
+            do {
+                let c = try pointerChase(dir: dir)
+                print("round \(round) \(dir): one dependent random load over \(c.mib) MiB: \(ns(c.nanos)) (load \(loadAverage()))")
+            } catch {
+                fatal("\(dir): \(error)")
+            }
+        }
+    }
+    exit(0)
 }
 
 // Dictionary baseline: put rate, get latency, bytes per entry beyond key+value.
@@ -213,93 +261,117 @@ let (dictGet, dictHits) = timeEach(indexes) { dict[$0]?.count == options.valueSi
 let dictCount = dict.count
 dict = [:]
 
-// CXLTier.
-let pool: Pool
-let writer: PartitionWriter
-do {
-    pool = try Pool.create(path: path, size: poolSize, bytesPerSlot: options.bytesPerSlot)
-    writer = try pool.writer(partition: 0)
-} catch {
-    fatal("\(error)")
+/// Minor page faults of this process so far.
+func minorFaults() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_minflt
 }
-defer { unlink(path) }
-t0 = nanos()
-do {
-    for i in 0..<n { _ = try writer.put(keys[i], value) }
-} catch {
-    unlink(path)
-    fatal("put: \(error)")
-}
-let tierPutSeconds = Double(nanos() - t0) / 1e9
-let stats = writer.stats()
 
-// Puts in a batch with the buckets prefetched 8 puts ahead (the daemon's write-through queue
-// delivers batches), into a second pool of the same geometry.
-let ahead = 8
-let tierBatchPutSeconds: Double
-do {
-    let path2 = path + "-batch"
-    defer { unlink(path2) }
-    let pool2 = try Pool.create(path: path2, size: poolSize, bytesPerSlot: options.bytesPerSlot)
-    let writer2 = try pool2.writer(partition: 0)
-    t0 = nanos()
-    for i in 0..<n {
-        if i + ahead < n { writer2.prefetch(keys[i + ahead]) }
-        _ = try writer2.put(keys[i], value)
+/// Everything measured on one pool (one directory: /dev/shm or a hugetlbfs).
+struct TierRun {
+    var dir: String
+    var pageSize: Int
+    var poolBytes: Int
+    var putRate: Double
+    var putFaults: Int
+    var batchPutRate: Double
+    var batchGetNanos: Double
+    var batchHits: Int
+    var get: Latency
+    var hits: Int
+    var hot: Latency
+    var remote: (Latency, Int)?
+    var stats: PartitionStats
+    var geometry: PartitionGeometry
+    var chaseNanos: Double
+    var chaseMiB: Int
+    var chaseEnd: Int
+}
+
+/// One dependent random load over `min(poolSize, 1 GiB)` of memory from `dir` (a file there,
+/// mapped as the pool is): one word per cache line, visited in a random single cycle (Sattolo's
+/// shuffle of the lines). A cold get needs at least two (the bucket line, the record).
+func pointerChase(dir: String) throws -> (nanos: Double, mib: Int, end: Int) {
+    let chasePath = "\(dir)/cxl-tier-bench-\(getpid())-chase"
+    defer { unlink(chasePath) }
+    let region = try ShmRegion(creating: chasePath, size: min(poolSize, 1 << 30))
+    let lines = region.size / 64
+    var order = [Int32](repeating: 0, count: lines)
+    for i in 0..<lines { order[i] = Int32(i) }
+    var state: UInt64 = 88172645463325252
+    for i in stride(from: lines - 1, to: 0, by: -1) {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        order.swapAt(i, Int(state % UInt64(i)))
     }
-    tierBatchPutSeconds = Double(nanos() - t0) / 1e9
-    writer2.close()
-} catch {
-    unlink(path)
-    fatal("batch put: \(error)")
+    let words = region.base.bindMemory(to: Int.self, capacity: lines * 8)
+    for k in 0..<lines { words[Int(order[k]) * 8] = Int(order[(k + 1) % lines]) * 8 }
+    order = []
+    var cursor = 0
+    for _ in 0..<200_000 { cursor = words[cursor] }
+    let t0 = nanos()
+    for _ in 0..<2_000_000 { cursor = words[cursor] }
+    let perLoad = Double(nanos() - t0) / 2e6
+    return (perLoad, region.size >> 20, cursor / 8)
 }
 
-// Gets in a batch (a multi-get), prefetched the same way: throughput, not per-call latency.
-t0 = nanos()
-var batchHits = 0
-for (k, i) in indexes.enumerated() {
-    if k + ahead < indexes.count { writer.partitionReader.prefetch(keys[indexes[k + ahead]]) }
-    if writer.partitionReader.get(keys[i]) != nil { batchHits += 1 }
-}
-let batchGetNanos = Double(nanos() - t0) / Double(indexes.count)
-let reader = writer.partitionReader
-_ = timeEach(Array(indexes.prefix(options.samples / 10))) { reader.get($0) != nil }
-let (tierGet, tierHits) = timeEach(indexes) { reader.get($0)?.value.count == options.valueSize }
+/// Every CXLTier measurement on a pool in `dir`.
+func measureTier(dir: String) throws -> TierRun {
+    let path = "\(dir)/cxl-tier-bench-\(getpid())"
+    printErr("cxl-tier-bench: pool in \(dir)\n")
+    let pool = try Pool.create(path: path, size: poolSize, bytesPerSlot: options.bytesPerSlot)
+    defer { unlink(path) }
+    let region = pool.region as! ShmRegion
+    let writer = try pool.writer(partition: 0)
+    let faults0 = minorFaults()
+    var t0 = nanos()
+    for i in 0..<n { _ = try writer.put(keys[i], value) }
+    let putSeconds = Double(nanos() - t0) / 1e9
+    let putFaults = minorFaults() - faults0
+    let stats = writer.stats()
 
-// The same gets over a 1000-key working set (cache resident): the CPU cost without DRAM misses.
-let hotIndexes = indexes.map { $0 % 1000 }
-let (tierHot, _) = timeEach(hotIndexes) { reader.get($0)?.value.count == options.valueSize }
-var hotDict: [[UInt8]: [UInt8]] = [:]
-for i in 0..<min(n, 1000) { hotDict[keys[i]] = [UInt8](value) }
-let (dictHot, _) = timeEach(hotIndexes) { hotDict[$0]?.count == options.valueSize }
+    // Puts in a batch with the buckets prefetched 8 puts ahead (the daemon's write-through queue
+    // delivers batches), into a second pool of the same geometry.
+    let ahead = 8
+    let batchPutSeconds: Double
+    do {
+        let path2 = path + "-batch"
+        defer { unlink(path2) }
+        let pool2 = try Pool.create(path: path2, size: poolSize, bytesPerSlot: options.bytesPerSlot)
+        let writer2 = try pool2.writer(partition: 0)
+        t0 = nanos()
+        for i in 0..<n {
+            if i + ahead < n { writer2.prefetch(keys[i + ahead]) }
+            _ = try writer2.put(keys[i], value)
+        }
+        batchPutSeconds = Double(nanos() - t0) / 1e9
+        writer2.close()
+    }
 
-// What one dependent random load costs on this machine, over as much memory as the log:
-// a cold get needs at least three (the key, the bucket, the record).
-// One word per cache line, visited in a random single cycle (Sattolo's shuffle of the lines).
-let chaseLines = min(poolSize, 1 << 30) / 64
-var order = [Int](0..<chaseLines)
-var shuffleState: UInt64 = 88172645463325252
-for i in stride(from: chaseLines - 1, to: 0, by: -1) {
-    shuffleState ^= shuffleState << 13; shuffleState ^= shuffleState >> 7; shuffleState ^= shuffleState << 17
-    order.swapAt(i, Int(shuffleState % UInt64(i)))
-}
-var chase = [Int](repeating: 0, count: chaseLines * 8)
-for k in 0..<chaseLines { chase[order[k] * 8] = order[(k + 1) % chaseLines] * 8 }
-order = []
-var cursor = 0
-t0 = nanos()
-for _ in 0..<2_000_000 { cursor = chase[cursor] }
-let loadLatency = Double(nanos() - t0) / 2e6
-chase = []
+    // Gets in a batch (a multi-get), prefetched the same way: throughput, not per-call latency.
+    let reader = writer.partitionReader
+    t0 = nanos()
+    var batchHits = 0
+    for (k, i) in indexes.enumerated() {
+        if k + ahead < indexes.count { reader.prefetch(keys[indexes[k + ahead]]) }
+        if reader.get(keys[i]) != nil { batchHits += 1 }
+    }
+    let batchGetNanos = Double(nanos() - t0) / Double(indexes.count)
+    _ = timeEach(Array(indexes.prefix(options.samples / 10))) { reader.get($0) != nil }
+    let (get, hits) = timeEach(indexes) { reader.get($0)?.value.count == options.valueSize }
 
-// Another process reads this partition.
-var remote: (Latency, Int)?
-do {
+    // The same gets over a 1000-key working set (cache resident): the CPU cost without DRAM misses.
+    let (hot, _) = timeEach(hotIndexes) { reader.get($0)?.value.count == options.valueSize }
+
+    let chase = try pointerChase(dir: dir)
+
+    // Another process reads this partition.
+    var remote: (Latency, Int)?
     var pid: pid_t = 0
     let exe = "/proc/self/exe"
     let args = [exe, "--reader", path, "--items", "\(n)", "--samples", "\(options.samples)", "--value-size", "\(options.valueSize)"] + (options.keyInTimer ? ["--key-in-timer"] : [])
     let argv = args.map { strdup($0) } + [nil]
-    let outPath = "\(path).reader"
+    let outPath = "/tmp/cxl-tier-bench-\(getpid()).reader"
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
@@ -321,11 +393,46 @@ do {
     }
     posix_spawn_file_actions_destroy(&actions)
     argv.forEach { free($0) }
+    writer.close()
+
+    return TierRun(dir: dir, pageSize: region.pageSize, poolBytes: region.size, putRate: Double(n) / putSeconds, putFaults: putFaults,
+                   batchPutRate: Double(n) / batchPutSeconds, batchGetNanos: batchGetNanos, batchHits: batchHits,
+                   get: get, hits: hits, hot: hot, remote: remote, stats: stats, geometry: writer.geometry,
+                   chaseNanos: chase.nanos, chaseMiB: chase.mib, chaseEnd: chase.end)
+}
+
+let hotIndexes = indexes.map { $0 % 1000 }
+var hotDict: [[UInt8]: [UInt8]] = [:]
+for i in 0..<min(n, 1000) { hotDict[keys[i]] = [UInt8](value) }
+let (dictHot, _) = timeEach(hotIndexes) { hotDict[$0]?.count == options.valueSize }
+
+var runs: [TierRun] = []
+var hugeNote: String
+do {
+    runs.append(try measureTier(dir: options.dir))
+} catch {
+    fatal("\(options.dir): \(error)")
+}
+if let hdir = options.hugetlbDir {
+    do {
+        let run = try measureTier(dir: hdir)
+        if run.pageSize > 4096 {
+            runs.append(run)
+            hugeNote = "2 MiB pages: a hugetlbfs mounted at \(hdir) (pages reserved for this run)."
+        } else {
+            hugeNote = "2 MiB pages **not measured**: \(hdir) is not a hugetlbfs."
+        }
+    } catch {
+        hugeNote = "2 MiB pages **not measured**: creating the pool in \(hdir) failed: \(error)."
+    }
+} else {
+    hugeNote = "2 MiB pages **not measured**: \(options.noHugetlbReason ?? "no --hugetlb-dir given (`make bench-tier` reserves huge pages and mounts a hugetlbfs)")."
 }
 
 // Metadata: the 16-byte record header (no flags, no exptime here) plus the index, amortized
 // over the items stored; log padding (cache-line alignment) reported separately.
-let g = writer.geometry
+let g = runs[0].geometry
+let stats = runs[0].stats
 let stored = Double(stats.items)
 let indexBytes = Double(g.bucketCount * 64)
 let header = 16.0
@@ -340,42 +447,68 @@ func ratio(_ a: Double, _ b: Double) -> String {
     return String(Int(r)) + "." + String(Int((r * 100).rounded()) % 100 / 10) + String(Int((r * 100).rounded()) % 10) + "×"
 }
 func verdict(_ ok: Bool) -> String { ok ? "met" : "**not met**" }
-let putRate = Double(n) / tierPutSeconds
 let dictRate = Double(n) / dictPutSeconds
+let small = runs[0]
+let huge: TierRun? = runs.count > 1 ? runs[1] : nil
+
+/// A row: the figure on 4 KiB pages, on 2 MiB pages, the Dictionary's, the ratios, the target.
+func row(_ name: String, _ f: (TierRun) -> Double?, _ show: (Double) -> String, dict: Double?, dictNote: String = "",
+         target: String = "–", ok: ((Double) -> Bool)? = nil) -> String {
+    let a = f(small), b = huge.flatMap(f)
+    var cells = [name, a.map(show) ?? "failed", huge == nil ? "–" : b.map(show) ?? "failed",
+                 dict.map { show($0) + dictNote } ?? "–"]
+    cells.append(a.flatMap { x in dict.map { ratio(x, $0) } } ?? "–")
+    cells.append(b.flatMap { x in dict.map { ratio(x, $0) } } ?? "–")
+    cells.append(a.flatMap { x in b.map { ratio($0, x) } } ?? "–")
+    cells.append(target)
+    if let ok {
+        var v = "4 KiB: " + (a.map { verdict(ok($0)) } ?? "–")
+        if huge != nil { v += "; 2 MiB: " + (b.map { verdict(ok($0)) } ?? "–") }
+        cells.append(v)
+    } else {
+        cells.append("")
+    }
+    return "| " + cells.joined(separator: " | ") + " |"
+}
+func rate(_ x: Double) -> String { format2(x / 1e6) + " M/s" }
 
 print("""
 ## CXLTier benchmark
 
-\(n) items, \(options.valueSize) B values, 14 B keys, emulated pool (\(path.hasPrefix("/dev/shm") ? "/dev/shm" : options.dir), \(poolSize >> 20) MiB), \
+\(n) items, \(options.valueSize) B values, 14 B keys, emulated pool of \(poolSize >> 20) MiB: a file in /dev/shm (tmpfs, 4 KiB pages) \
+and\(huge == nil ? " (not measured)" : "") the same on hugetlbfs (2 MiB pages), one after the other in this process; \
 \(options.samples) random gets per measurement, release build, one core, crc32c \(CRC32C.isHardware ? "SSE4.2" : "software"). \
 Latencies are per call and include the timer (clock_gettime pair: p50 \(ns(timer.p50))); \
 \(options.keyInTimer ? "the key is fetched from the \(n)-key table inside the timer (two more DRAM misses per get)" : "the key is in hand (written into a reused buffer) when the timer starts").
 
-| measurement | CXLTier | Swift Dictionary | CXLTier / Dictionary | target | |
-|---|---|---|---|---|---|
-| get p50, in-process | \(ns(tierGet.p50)) | \(ns(dictGet.p50)) | \(ratio(tierGet.p50, dictGet.p50)) | ≤ 300 ns | \(verdict(tierGet.p50 <= 300)) |
-| get p99, in-process | \(ns(tierGet.p99)) | \(ns(dictGet.p99)) | \(ratio(tierGet.p99, dictGet.p99)) | ≤ 1000 ns | \(verdict(tierGet.p99 <= 1000)) |
-| get p50, other process | \(remote.map { ns($0.0.p50) } ?? "failed") | \(ns(dictGet.p50)) (in-process) | \(remote.map { ratio($0.0.p50, dictGet.p50) } ?? "–") | ≤ 500 ns | \(verdict((remote?.0.p50 ?? .infinity) <= 500)) |
-| get p99, other process | \(remote.map { ns($0.0.p99) } ?? "failed") | \(ns(dictGet.p99)) (in-process) | \(remote.map { ratio($0.0.p99, dictGet.p99) } ?? "–") | – | |
-| get p50, 1000-key working set (cache resident) | \(ns(tierHot.p50)) | \(ns(dictHot.p50)) | \(ratio(tierHot.p50, dictHot.p50)) | – | |
-| get p99, 1000-key working set | \(ns(tierHot.p99)) | \(ns(dictHot.p99)) | \(ratio(tierHot.p99, dictHot.p99)) | – | |
-| put rate, one core | \(String(format2(putRate / 1e6))) M/s | \(String(format2(dictRate / 1e6))) M/s | \(ratio(putRate, dictRate)) | ≥ 2 M/s | \(verdict(putRate >= 2e6)) |
-| put rate, batch with prefetch 8 ahead | \(format2(Double(n) / tierBatchPutSeconds / 1e6)) M/s | \(format2(dictRate / 1e6)) M/s | \(ratio(Double(n) / tierBatchPutSeconds, dictRate)) | ≥ 2 M/s | \(verdict(Double(n) / tierBatchPutSeconds >= 2e6)) |
-| get, batch with prefetch 8 ahead: time per get | \(ns(batchGetNanos)) | \(ns(dictGet.mean)) (mean, one by one) | \(ratio(batchGetNanos, dictGet.mean)) | – | |
-| metadata per item: header + one slot | \(Int(header + slotPerItem)) B | – | – | ≤ 24 B | \(verdict(header + slotPerItem <= 24)) |
-| metadata per item: header + index amortized | \(format2(header + indexPerItem)) B | \(format2(dictPerItem)) B (RSS − payload) | \(ratio(header + indexPerItem, dictPerItem)) | ≤ 24 B | \(verdict(header + indexPerItem <= 24)) |
+| measurement | CXLTier, 4 KiB pages | CXLTier, 2 MiB pages | Swift Dictionary | 4 KiB / Dictionary | 2 MiB / Dictionary | 2 MiB / 4 KiB | target | |
+|---|---|---|---|---|---|---|---|---|
+\(row("get p50, in-process", { $0.get.p50 }, ns, dict: dictGet.p50, target: "≤ 300 ns", ok: { $0 <= 300 }))
+\(row("get p99, in-process", { $0.get.p99 }, ns, dict: dictGet.p99, target: "≤ 1000 ns", ok: { $0 <= 1000 }))
+\(row("get p50, other process", { $0.remote?.0.p50 }, ns, dict: dictGet.p50, dictNote: " (in-process)", target: "≤ 500 ns", ok: { $0 <= 500 }))
+\(row("get p99, other process", { $0.remote?.0.p99 }, ns, dict: dictGet.p99, dictNote: " (in-process)"))
+\(row("get p50, 1000-key working set (cache resident)", { $0.hot.p50 }, ns, dict: dictHot.p50))
+\(row("get p99, 1000-key working set", { $0.hot.p99 }, ns, dict: dictHot.p99))
+\(row("put rate, one core", { $0.putRate }, rate, dict: dictRate, target: "≥ 2 M/s", ok: { $0 >= 2e6 }))
+\(row("put rate, batch with prefetch 8 ahead", { $0.batchPutRate }, rate, dict: dictRate, target: "≥ 2 M/s", ok: { $0 >= 2e6 }))
+\(row("get, batch with prefetch 8 ahead: time per get", { $0.batchGetNanos }, ns, dict: dictGet.mean, dictNote: " (mean, one by one)"))
+\(row("one dependent random load over \(small.chaseMiB) MiB (pointer chase)", { $0.chaseNanos }, ns, dict: nil))
+| metadata per item: header + one slot | \(Int(header + slotPerItem)) B | same | – | – | – | – | ≤ 24 B | \(verdict(header + slotPerItem <= 24)) |
+| metadata per item: header + index amortized | \(format2(header + indexPerItem)) B | same | \(format2(dictPerItem)) B (RSS − payload) | \(ratio(header + indexPerItem, dictPerItem)) | – | – | ≤ 24 B | \(verdict(header + indexPerItem <= 24)) |
 
-- Batched puts go into a second, empty pool of the same geometry; batched gets hit \(batchHits)/\(options.samples).
-- Hits: CXLTier \(tierHits)/\(options.samples) in-process, \(remote.map { "\($0.1)" } ?? "–")/\(options.samples) from the other process; Dictionary \(dictHits)/\(options.samples).
+- \(hugeNote)
+- Batched puts go into a second, empty pool of the same geometry; batched gets hit \(runs.map { "\($0.batchHits)" }.joined(separator: " and "))\(runs.count > 1 ? " (4 KiB, 2 MiB pages)" : "") of \(options.samples).
+- Hits of \(options.samples): CXLTier \(runs.map { "\($0.hits)" }.joined(separator: " and ")) in-process, \(runs.map { $0.remote.map { "\($0.1)" } ?? "–" }.joined(separator: " and ")) from the other process\(runs.count > 1 ? " (4 KiB, 2 MiB pages)" : ""); Dictionary \(dictHits).
 - Stored \(stats.items) of \(n) items (\(stats.indexEvictions) evicted from the index because both buckets were full, \(stats.reclaimed) reclaimed by the log); \
 index \(g.bucketCount) buckets × 8 slots = \(Int(indexBytes) >> 20) MiB, load \(format2(stored / Double(g.bucketCount * 8) * 100)) %.
+- Minor page faults in this process during the \(n) single puts: \(runs.map { "\($0.putFaults)" }.joined(separator: " and "))\(runs.count > 1 ? " (4 KiB, 2 MiB pages)" : "") (the writer populates the log 2 MiB ahead with MADV_POPULATE_WRITE).
 - Log space per item: \(recordSize) B record = 16 B header + 14 B key + \(options.valueSize) B value + \(Int(padding)) B cache-line padding.
 - Dictionary bytes per entry: RSS growth while filling a Dictionary with fresh key and value arrays, divided by the entries, minus the 14 + \(options.valueSize) payload bytes (array headers, malloc rounding and the hash table count as its metadata).
-- One dependent random load over \(min(poolSize, 1 << 30) >> 20) MiB on this machine: \(ns(loadLatency)) (pointer chase in the same run, ended at line \(cursor / 8)). \
-A cold get is at least three of those (the key, the bucket line, the record).
+- Pointer chase: a file of \(small.chaseMiB) MiB in the pool's directory, mapped as the pool is, one word per line in one random cycle (ended at lines \(runs.map { "\($0.chaseEnd)" }.joined(separator: " and "))). \
+A cold get is two dependent loads of that kind (the bucket line, then the record).
 - Load average (1, 5, 15 min) on this \(sysconf(Int32(_SC_NPROCESSORS_ONLN)))-CPU machine: \(loadBefore) at the start, \(loadAverage()) at the end; \
 anything above ~1 means other processes competed with the benchmark.
-- Means: CXLTier get \(ns(tierGet.mean)), other process \(remote.map { ns($0.0.mean) } ?? "–"), Dictionary \(ns(dictGet.mean)).
+- Means: CXLTier get \(runs.map { ns($0.get.mean) }.joined(separator: " and ")), other process \(runs.map { $0.remote.map { ns($0.0.mean) } ?? "–" }.joined(separator: " and "))\(runs.count > 1 ? " (4 KiB, 2 MiB pages)" : ""); Dictionary \(ns(dictGet.mean)).
 """)
 
 func format2(_ x: Double) -> String {

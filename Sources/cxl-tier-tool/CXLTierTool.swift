@@ -52,6 +52,8 @@ struct Write: ParsableCommand {
     @Option(help: "Largest value size; sizes vary from 24 up to it.") var valueSize = 200
     @Option(help: "One operation in N is a delete (0: none).") var deleteEvery = 0
     @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Option(help: "After each operation, read one of the keys k0 … kN-1 in turn (sets CLOCK reference bits; 0: none).") var hot = 0
+    @Flag(help: "Append the record's log position to each acknowledged put ('P key version position').") var positions = false
 
     func run() throws {
         let p = try Pool(path: pool.path)
@@ -77,8 +79,11 @@ struct Write: ParsableCommand {
                 result = try writer.put(Array(key.utf8), expectedValue(key: key, version: version, size: size), version: version)
             }
             guard case .stored = result else { throw ValidationError("put \(key) v\(version) refused: \(result)") }
+            // The record's position, read back right after the put (nothing can have moved it yet).
+            let position = positions && !isDelete ? writer.partitionReader.position(Array(key.utf8)).map { " \($0)" } ?? " ?" : ""
+            if hot > 0 { _ = writer.get(Array("k\(i % hot)".utf8)) }
             if fd >= 0 {
-                let line = Array("\(isDelete ? "D" : "P") \(key) \(version)\n".utf8)
+                let line = Array("\(isDelete ? "D" : "P") \(key) \(version)\(position)\n".utf8)
                 _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             }
         }
@@ -125,13 +130,16 @@ struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Re-attach as writer (recovery) and check every acknowledged operation.")
     @OptionGroup var pool: PoolArguments
     @Option(help: "The writer's ack file.") var ack: String
+    @Flag(help: "The log reclaims (acks carry positions): a put is allowed to be missing only when its record lies before the recovered head.") var reclaim = false
 
     func run() throws {
         let p = try Pool(path: pool.path)
         let writer = try p.writer(partition: pool.partition)
         let text = try String(contentsOfFile: ack)
         let reader = writer.partitionReader
-        let result = verifyAcks(text, get: { writer.get(Array($0.utf8)) }, version: { reader.currentVersion(Array($0.utf8)) })
+        let head = writer.lastRecovery.head
+        let result = verifyAcks(text, get: { writer.get(Array($0.utf8)) }, version: { reader.currentVersion(Array($0.utf8)) },
+                                reclaimedBefore: reclaim ? head : nil, position: { reader.position(Array($0.utf8)) })
         writer.close()
         // Terminate a torn last line, then record what recovery showed was applied.
         let lines = (text.isEmpty || text.hasSuffix("\n") ? "" : "\n") + result.adopted.map { $0 + "\n" }.joined()
@@ -141,7 +149,9 @@ struct Verify: ParsableCommand {
             _ = Array(lines.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)
         }
-        print("{\"acked_keys\":\(result.keys),\"lost\":\(result.lost),\"wrong\":\(result.wrong),\"adopted\":\(result.adopted.count)}")
+        let r = writer.lastRecovery
+        print("{\"acked_keys\":\(result.keys),\"lost\":\(result.lost),\"wrong\":\(result.wrong),\"adopted\":\(result.adopted.count),"
+              + "\"found\":\(result.found),\"reclaimed\":\(result.reclaimed),\"reset\":\(r.resetLog ? 1 : 0),\"head\":\(r.head),\"tail\":\(r.tail)}")
         if result.lost > 0 || result.wrong > 0 { throw ExitCode(1) }
     }
 }
@@ -150,9 +160,20 @@ struct Verify: ParsableCommand {
 /// the right value, and a key whose last acknowledged operation is a delete is absent or newer.
 /// A put may also be superseded by a delete newer than every acknowledgement: the operation the
 /// writer had completed but not yet acknowledged when it was killed.
+///
+/// With `reclaimedBefore` (a log that reclaims: the recovered head), a put's record may also be
+/// gone because the CLOCK hand passed it — allowed only when its acknowledged log position (the
+/// fourth field) is before the head; a missing put at or after the head, or without a position,
+/// is lost. Whatever is found must still be at the acknowledged version or newer with its own
+/// value: reclaim never makes a wrong or older value acceptable. A found put whose record moved
+/// (re-appended by the hand) is logged again with its new position, so a later round checks the
+/// copy; a copy made and lost between two verifications is the one case this cannot tell from a
+/// legitimate drop.
 func verifyAcks(_ text: String, get: (String) -> TierItem?,
-                version: (String) -> (version: UInt64, deleted: Bool)?) -> (keys: Int, lost: Int, wrong: Int, adopted: [String]) {
-    var last: [String: (delete: Bool, version: UInt64)] = [:]
+                version: (String) -> (version: UInt64, deleted: Bool)?,
+                reclaimedBefore head: Int? = nil, position: (String) -> Int? = { _ in nil })
+    -> (keys: Int, lost: Int, wrong: Int, adopted: [String], found: Int, reclaimed: Int) {
+    var last: [String: (delete: Bool, version: UInt64, position: Int?)] = [:]
     var maxAcked: UInt64 = 0
     var excused = false
     // Operations found applied but never acknowledged (the one in flight at each kill): from now
@@ -162,13 +183,13 @@ func verifyAcks(_ text: String, get: (String) -> TierItem?,
     let complete = text.hasSuffix("\n") ? Substring(text) : text[..<(text.lastIndex(of: "\n").map { text.index(after: $0) } ?? text.startIndex)]
     for line in complete.split(separator: "\n") {
         let f = line.split(separator: " ")
-        guard f.count == 3, let v = UInt64(f[2]) else { continue }
+        guard f.count == 3 || f.count == 4, let v = UInt64(f[2]) else { continue }
         let key = String(f[1])
         maxAcked = max(maxAcked, v)
         if let prev = last[key], prev.version > v { continue }
-        last[key] = (f[0] == "D", v)
+        last[key] = (f[0] == "D", v, f.count == 4 ? Int(f[3]) : nil)
     }
-    var lost = 0, wrong = 0
+    var lost = 0, wrong = 0, foundCount = 0, reclaimed = 0
     for (key, op) in last {
         let item = get(key)
         let found = item.map { "v\($0.version)" } ?? "nothing"
@@ -178,7 +199,13 @@ func verifyAcks(_ text: String, get: (String) -> TierItem?,
                 FileHandleStderr.write("wrong: \(key) deleted at v\(op.version), found \(found)\n")
             }
         } else if let item {
-            if item.version > op.version { adopted.append("P \(key) \(item.version)") }
+            foundCount += 1
+            if item.version > op.version {
+                adopted.append("P \(key) \(item.version)" + (head != nil ? " \(position(key).map(String.init) ?? "?")" : ""))
+            } else if head != nil, item.version == op.version, let now = position(key), now != op.position {
+                // Re-appended by the hand since: from now on the copy's position is the one to check.
+                adopted.append("P \(key) \(item.version) \(now)")
+            }
             if item.version < op.version {
                 lost += 1
                 FileHandleStderr.write("lost: \(key) put at v\(op.version), found \(found)\n")
@@ -191,12 +218,15 @@ func verifyAcks(_ text: String, get: (String) -> TierItem?,
             // Only one operation can have been in flight, so this excuses one key at most.
             excused = true
             adopted.append("D \(key) \(newest.version)")
+        } else if let head, let p = op.position, p < head {
+            // The hand passed the record (dropped unreferenced, or a re-appended copy dropped later).
+            reclaimed += 1
         } else {
             lost += 1
-            FileHandleStderr.write("lost: \(key) put at v\(op.version), found nothing\n")
+            FileHandleStderr.write("lost: \(key) put at v\(op.version)\(op.position.map { " at position \($0)" } ?? ""), found nothing\(head.map { " (head \($0))" } ?? "")\n")
         }
     }
-    return (last.count, lost, wrong, adopted)
+    return (last.count, lost, wrong, adopted, foundCount, reclaimed)
 }
 
 struct SplitMix {

@@ -150,4 +150,75 @@ struct ProcessTests {
         let check = PoolCheck.check(pool.region)
         #expect(check.isClean, "\(check.damage)")
     }
+
+    /// The same kills on a pool small enough that the log wraps all the time, with the writer
+    /// reading 50 hot keys (one after each operation) so that the CLOCK hand re-appends them
+    /// while the other 20 000 keys are dropped when it passes them. What the verifier accepts:
+    /// a key whose last acknowledged operation is a put is found at that version or newer with
+    /// its own value, or — only if the acknowledged record's log position is before the head
+    /// recovery kept — is missing (the hand passed it: dropped, or re-appended and dropped on a
+    /// later lap). A delete's key is absent or newer. A wrong value, an older version, or a
+    /// missing put at or after the head fails, as does a reset log window.
+    @Test("kill -9 the writer 50 times while CLOCK reclaims and re-appends: every acknowledged put is found or was passed by the hand")
+    func killNineUnderClock() throws {
+        let tool = try Products.path("cxl-tier-tool")
+        let tmp = TempPool()
+        // 1 MiB: about 4 500 records of ~200 B per lap of the log, so the 20 000 keys cannot all
+        // stay; a sparse index (64 log bytes per slot, load about 30 %) so that no key loses its
+        // slot to index displacement.
+        _ = try tmp.create(size: 1 << 20, bytesPerSlot: 64)
+        let ack = NSTemporaryDirectory() + "cxl-tier-ack-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        defer { unlink(ack) }
+        #expect(FileManager.default.createFile(atPath: ack, contents: nil))
+        var killed = 0, found = 0, reclaimed = 0, hotExpected = 0, hotFound = 0
+        for iteration in 0..<50 {
+            let writer = try Child(tool, ["write", tmp.path, "--keys", "20000", "--ack", ack, "--positions", "--hot", "50",
+                                          "--count", "30000", "--delete-every", "13", "--seed", "\(iteration)"])
+            if iteration % 5 != 0 {
+                let start = Date()
+                while !writer.stdoutText.hasPrefix("ready") && Date().timeIntervalSince(start) < 20 { usleep(1000) }
+            }
+            usleep(UInt32.random(in: 0...200_000))
+            writer.kill9()
+            let status = try writer.wait()
+            if status == 128 + SIGKILL { killed += 1 }
+            let verify = try Child(tool, ["verify", tmp.path, "--keys", "20000", "--ack", ack, "--reclaim"])
+            #expect(try verify.wait() == 0, "iteration \(iteration): \(verify.stdoutText) \(verify.stderrText)")
+            let result = try verify.json()
+            #expect(result["lost"] == 0 && result["wrong"] == 0, "iteration \(iteration): \(result)")
+            #expect(result["reset"] == 0, "recovery must never reset the log window: \(result)")
+            found = result["found"] ?? 0
+            reclaimed = result["reclaimed"] ?? 0
+            // The hot keys are read every 50 operations, far more often than the hand comes round
+            // (a lap is ~4 500 records), so CLOCK keeps them: a hot key whose last acknowledged
+            // operation is a put should be in the pool. Not always (the verifier's own reads mark
+            // every key it finds, and the re-append budget then drops a few records whatever
+            // their bits), so this is counted, not required per key; a re-append that loses its
+            // item would drop them all, and the verifier alone would accept that as reclaim.
+            let reader = try tmp.open().reader(partition: 0)
+            var lastOp: [String: Bool] = [:]
+            for line in try String(contentsOfFile: ack, encoding: .utf8).split(separator: "\n") {
+                let f = line.split(separator: " ")
+                guard f.count >= 3, let i = Int(f[1].dropFirst()), i < 50 else { continue }
+                lastOp[String(f[1])] = f[0] == "P"
+            }
+            for (key, isPut) in lastOp where isPut {
+                hotExpected += 1
+                if let v = reader.currentVersion(bytes(key)), !v.deleted { hotFound += 1 }
+            }
+        }
+        #expect(hotExpected > 500 && Double(hotFound) >= 0.95 * Double(hotExpected),
+                "CLOCK must keep the hot keys: \(hotFound) of \(hotExpected) found")
+        #expect(killed >= 40, "most writers must die mid-run (\(killed) of 50)")
+        let pool = try tmp.open()
+        let stats = try pool.stats(partition: 0)
+        #expect(stats.reclaimed > 10_000, "the log must have wrapped many times: \(stats)")
+        #expect(stats.secondChances > 100, "CLOCK must have re-appended hot items: \(stats)")
+        #expect(stats.indexEvictions == 0, "no index displacement, so only the hand can remove an acknowledged put")
+        #expect(stats.epoch > 50)
+        // At the end both cases must have occurred many times: found items and reclaimed ones.
+        #expect(found > 1000 && reclaimed > 1000, "found \(found), reclaimed \(reclaimed)")
+        let check = PoolCheck.check(pool.region)
+        #expect(check.isClean, "\(check.damage)")
+    }
 }

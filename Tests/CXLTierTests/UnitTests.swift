@@ -151,22 +151,30 @@ struct BasicsTests {
             let pool = try tmp.create(size: 256 << 10)
             let w = try pool.writer(partition: 0, reclaimPolicy: policy)
             let other = try pool.reader(partition: 0)
-            guard case let .stored(version) = try w.put(bytes("hot"), bytes("hot value"), flags: 7) else {
+            guard case let .stored(version) = try w.put(bytes("hot"), bytes("hot value"), flags: 7),
+                  case let .stored(ownVersion) = try w.put(bytes("hot-owner"), bytes("read by the owner")) else {
                 Issue.record("put refused"); continue
             }
             var i = 0
-            // Three laps of cold puts; the hot key is read by a non-owner reader every 100.
+            // Three laps of cold puts; one hot key is read by a non-owner reader every 100, the
+            // other by the writer's own get (the daemon's L3 get).
             while i * 192 < 3 * w.geometry.logSize {
                 _ = try w.put(bytes("cold-\(i)"), [UInt8](repeating: 1, count: 150))
-                if i % 100 == 0 { _ = other.get(bytes("hot")) }
+                if i % 100 == 0 {
+                    _ = other.get(bytes("hot"))
+                    _ = w.get(bytes("hot-owner"))
+                }
                 i += 1
             }
             let hot = other.get(bytes("hot"))
+            let ownHot = other.get(bytes("hot-owner"))
             if policy == .clock {
                 #expect(hot == TierItem(value: bytes("hot value"), flags: 7, version: version))
-                #expect(w.stats().secondChances >= 3)
+                #expect(ownHot == TierItem(value: bytes("read by the owner"), flags: 0, version: ownVersion))
+                #expect(w.stats().secondChances >= 6)
             } else {
                 #expect(hot == nil)
+                #expect(ownHot == nil)
                 #expect(w.stats().secondChances == 0)
             }
             let check = PoolCheck.check(pool.region)

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/vfs.h>
 
 /* crc32c (Castagnoli) continuing from `crc` (pass 0 to start): hardware SSE4.2 when the CPU has
  * it, else a table-driven software version. No pre/post inversion is left to the caller. */
@@ -47,6 +48,15 @@ static inline void cxltier_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_
 static inline void cxltier_copy_volatile(void *dst, const void *src, size_t n) {
     __builtin_memcpy(dst, src, n);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+/* fstatfs's file system magic and block size (Swift's Glibc module has no statfs): 0, or -1 with errno. */
+static inline int cxltier_fs_info(int fd, int64_t *type, int64_t *block_size) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -1;
+    *type = (int64_t)fs.f_type;
+    *block_size = (int64_t)fs.f_bsize;
+    return 0;
 }
 
 #endif
